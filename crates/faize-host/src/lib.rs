@@ -1,0 +1,19 @@
+//! Everything faize does on the host. The path from a CLI command to a running VM:
+//! [`spec::resolve`] turns flags and config into a [`spec::SessionSpec`]; [`artifacts`] makes sure
+//! the images exist; [`session::run`] starts the sidecars and QEMU (command lines from [`vmm`]),
+//! talks to the guest agent and relays the terminal until the program exits.
+
+pub mod accel;
+pub mod artifacts;
+pub mod config;
+pub mod doctor;
+pub mod fsutil;
+pub mod home;
+pub mod initramfs;
+pub mod process;
+pub mod session;
+pub mod spec;
+pub mod sweep;
+pub mod terminal;
+pub mod units;
+pub mod vmm;

@@ -1,0 +1,73 @@
+//! Starting the session's helper processes (QEMU, virtiofsd, vhost-device-vsock) so that they
+//! die with faize, logging their output to the session folder, and explaining their failures.
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use tokio::process::{Child, Command};
+
+/// A helper process and where its output goes.
+pub struct Helper {
+    pub name: &'static str,
+    pub child: Child,
+    pub log: PathBuf,
+}
+
+/// Starts `program` with its stdout and stderr in `log`. The child gets SIGKILL if faize dies
+/// (the parent-death signal is tied to the spawning thread: faize spawns from its main thread).
+pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) -> Result<Helper> {
+    let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let err = out.try_clone()?;
+    let mut cmd = Command::new(program);
+    cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
+    // SAFETY: prctl is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().with_context(|| format!("starting {name} ({})", program.display()))?;
+    Ok(Helper { name, child, log: log.to_path_buf() })
+}
+
+impl Helper {
+    /// Waits until `socket` exists, failing early with the helper's output if it exits.
+    pub async fn wait_for_socket(&mut self, socket: &Path, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if socket.exists() {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("{} exited ({status}) before it was ready:\n{}", self.name, tail(&self.log, 15));
+            }
+            if Instant::now() > deadline {
+                bail!("{} did not create {} within {limit:?}:\n{}", self.name, socket.display(), tail(&self.log, 15));
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+
+    /// Kills the helper and reaps it.
+    pub async fn stop(&mut self) {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+    }
+}
+
+/// The last `n` lines of a log file, indented, for error messages.
+pub fn tail(path: &Path, n: usize) -> String {
+    let text = std::fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return format!("  ({} is empty)", path.display());
+    }
+    lines[lines.len().saturating_sub(n)..].iter().map(|l| format!("  | {l}")).collect::<Vec<_>>().join("\n")
+}

@@ -1,0 +1,456 @@
+//! One session from start to end: the session folder and scratch disk, the sidecars and QEMU,
+//! the conversation with the guest agent, the user's terminal, the timeout, and the clean-up.
+
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixListener;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::home::{find_program, vars, FaizeHome};
+use crate::process::{self, tail, Helper};
+use crate::spec::SessionSpec;
+use crate::terminal::{window_size, EscapeFilter, RawMode};
+use crate::vmm::{self, FsDevice, QemuSpec, VirtiofsdSpec};
+
+/// Exit codes of faize itself (a program's own exit code is passed through unchanged).
+pub mod exit_code {
+    /// The session hit its timeout.
+    pub const TIMEOUT: i32 = 124;
+    /// faize failed (bad input, missing prerequisite, VM failure).
+    pub const FAIZE_ERROR: i32 = 125;
+}
+
+/// How long the program gets between SIGTERM and SIGKILL when the session is stopped.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The same after `~.`, where the user wants out now.
+const ESCAPE_GRACE: Duration = Duration::from_secs(2);
+/// From QEMU's start to the agent's handshake, and from there to ready.
+const BOOT_LIMIT: Duration = Duration::from_secs(180);
+
+/// The external programs a session needs.
+#[derive(Debug, Clone)]
+pub struct Tools {
+    pub qemu: PathBuf,
+    pub virtiofsd: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub mkfs_ext4: PathBuf,
+}
+
+impl Tools {
+    /// Finds every tool or says which is missing and how to get it.
+    pub fn find() -> Result<Self> {
+        let need = |name: &str, var: &str, how: &str| {
+            find_program(name, var).ok_or_else(|| anyhow::anyhow!("{name} was not found on PATH: {how}, or run ./setup.sh"))
+        };
+        Ok(Self {
+            qemu: need("qemu-system-x86_64", vars::QEMU, "install the qemu-system-x86 package")?,
+            virtiofsd: need("virtiofsd", vars::VIRTIOFSD, "run `cargo install virtiofsd --version ~1.14`")?,
+            vhost_vsock: need("vhost-device-vsock", vars::VHOST_VSOCK, "run `cargo install vhost-device-vsock --version ~0.3`")?,
+            mkfs_ext4: find_program("mkfs.ext4", "FAIZE_MKFS_EXT4")
+                .or_else(|| Some(PathBuf::from("/sbin/mkfs.ext4")).filter(|p| p.exists()))
+                .ok_or_else(|| anyhow::anyhow!("mkfs.ext4 was not found: install the e2fsprogs package"))?,
+        })
+    }
+}
+
+/// The image files a session boots.
+#[derive(Debug, Clone)]
+pub struct Images {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub root: PathBuf,
+}
+
+/// Timestamps of the phases of a session, printed as JSON when `FAIZE_TIMINGS=1`.
+#[derive(Debug)]
+struct Timings {
+    start: Instant,
+    marks: Vec<(&'static str, Duration)>,
+}
+
+impl Timings {
+    fn mark(&mut self, what: &'static str) {
+        self.marks.push((what, self.start.elapsed()));
+    }
+    fn report(&self) {
+        if std::env::var_os("FAIZE_TIMINGS").is_some() {
+            let fields: Vec<String> =
+                self.marks.iter().map(|(k, d)| format!("\"{k}\":{:.1}", d.as_secs_f64() * 1000.0)).collect();
+            eprintln!("faize-timings: {{{}}}", fields.join(","));
+        }
+    }
+}
+
+/// The session's folders: logs and scratch disk under `~/.faize/sessions/<id>`, sockets under a
+/// short private runtime folder (Unix socket paths are limited to 108 bytes).
+struct Dirs {
+    session: PathBuf,
+    runtime: PathBuf,
+}
+
+impl Dirs {
+    fn create(home: &FaizeHome, id: &str) -> Result<Self> {
+        use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+        let session = home.sessions().join(id);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&session)
+            .with_context(|| format!("creating {}", session.display()))?;
+        let uid = nix::unistd::getuid().as_raw();
+        let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()) {
+            Some(p) => p.join("faize"),
+            None => PathBuf::from(format!("/tmp/faize-{uid}")),
+        };
+        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).with_context(|| format!("creating {}", base.display()))?;
+        let meta = std::fs::metadata(&base)?;
+        if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+            bail!("{} is not a private folder of this user: remove it and try again", base.display());
+        }
+        let runtime = base.join(id);
+        std::fs::create_dir(&runtime).with_context(|| format!("creating {}", runtime.display()))?;
+        Ok(Self { session, runtime })
+    }
+}
+
+/// Runs a session to its end and returns faize's exit code.
+pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &Images) -> Result<i32> {
+    let mut timings = Timings { start: Instant::now(), marks: Vec::new() };
+    let dirs = Dirs::create(home, &spec.id)?;
+    let mut helpers: Vec<Helper> = Vec::new();
+    let result = boot_and_run(spec, tools, images, &dirs, &mut helpers, &mut timings).await;
+    for h in helpers.iter_mut().rev() {
+        h.stop().await;
+    }
+    timings.mark("helpers_stopped");
+    crate::sweep::strip_special_bits(&spec.project, timings.start_system());
+    let _ = std::fs::remove_dir_all(&dirs.runtime);
+    let _ = std::fs::remove_file(dirs.session.join("scratch.img"));
+    match &result {
+        // Nothing to keep after a normal end; the logs stay when something went wrong.
+        Ok(Ending::Exited(_)) => {
+            let _ = std::fs::remove_dir_all(&dirs.session);
+        }
+        Ok(Ending::TimedOut) | Err(_) => {}
+    }
+    timings.mark("done");
+    timings.report();
+    match result {
+        Ok(Ending::Exited(s)) => Ok(s.code),
+        Ok(Ending::TimedOut) => Ok(exit_code::TIMEOUT),
+        Err(e) => Err(e.context(format!("session {} failed; its logs are in {}", spec.id, dirs.session.display()))),
+    }
+}
+
+enum Ending {
+    Exited(ExitStatus),
+    TimedOut,
+}
+
+impl Timings {
+    fn start_system(&self) -> SystemTime {
+        SystemTime::now() - self.start.elapsed()
+    }
+}
+
+async fn boot_and_run(
+    spec: &SessionSpec,
+    tools: &Tools,
+    images: &Images,
+    dirs: &Dirs,
+    helpers: &mut Vec<Helper>,
+    timings: &mut Timings,
+) -> Result<Ending> {
+    let scratch = dirs.session.join("scratch.img");
+    make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
+    timings.mark("scratch_ready");
+
+    let vhost_socket = dirs.runtime.join("vsock-vhost.sock");
+    let uds = dirs.runtime.join("vsock");
+    let fs_socket = dirs.runtime.join("fs0.sock");
+    let listener_path = PathBuf::from(format!("{}_{CONTROL_PORT}", uds.display()));
+    let listener = UnixListener::bind(&listener_path).with_context(|| format!("listening on {}", listener_path.display()))?;
+
+    helpers.push(process::spawn(
+        "vhost-device-vsock",
+        &tools.vhost_vsock,
+        &vmm::vhost_vsock_args(&vhost_socket, &uds),
+        &dirs.session.join("vsock.log"),
+    )?);
+    let uid = nix::unistd::getuid().as_raw();
+    let gid = nix::unistd::getgid().as_raw();
+    let fs_spec = VirtiofsdSpec { socket: fs_socket.clone(), shared_dir: spec.project.clone(), read_only: false, host_uid: uid, host_gid: gid };
+    helpers.push(process::spawn("virtiofsd", &tools.virtiofsd, &vmm::virtiofsd_args(&fs_spec), &dirs.session.join("virtiofsd.log"))?);
+    helpers[0].wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
+    helpers[1].wait_for_socket(&fs_socket, Duration::from_secs(10)).await?;
+    timings.mark("sidecars_ready");
+
+    let qemu_spec = QemuSpec {
+        accel: spec.accel.accel,
+        cpus: spec.cpus,
+        memory_mib: spec.memory_mib,
+        kernel: images.kernel.clone(),
+        initramfs: images.initramfs.clone(),
+        root_image: images.root.clone(),
+        scratch_disk: scratch,
+        console_log: dirs.session.join("console.log"),
+        vsock_socket: vhost_socket,
+        fs: vec![FsDevice { tag: "fs0".into(), socket: fs_socket }],
+        tsc_khz: spec.tsc_khz,
+    };
+    helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
+    timings.mark("qemu_spawned");
+    let crash_report = |what: &str| {
+        format!(
+            "{what}\nQEMU said:\n{}\nthe guest console said:\n{}",
+            tail(&dirs.session.join("qemu.log"), 10),
+            tail(&dirs.session.join("console.log"), 20)
+        )
+    };
+
+    // The agent connects as soon as its kernel is up.
+    let stream = tokio::select! {
+        r = listener.accept() => r.context("accepting the guest agent's connection")?.0,
+        s = helpers[2].child.wait() => bail!(crash_report(&format!("the VM stopped before its agent started ({})", s?))),
+        _ = tokio::time::sleep(BOOT_LIMIT) => bail!(crash_report("the guest agent did not connect within 3 minutes")),
+    };
+    drop(listener);
+    let _ = std::fs::remove_file(&listener_path);
+    timings.mark("agent_connected");
+
+    let (mut rd, mut wr) = stream.into_split();
+    let mut frames = FrameBuf::default();
+    let mut buf = vec![0u8; 128 * 1024];
+    // Handshake and setup; the guest is not trusted to answer in time.
+    let mut next_msg = async |rd: &mut tokio::net::unix::OwnedReadHalf, frames: &mut FrameBuf| -> Result<Option<GuestMsg>> {
+        loop {
+            if let Some(m) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
+                return Ok(Some(m));
+            }
+            let n = rd.read(&mut buf).await?;
+            if n == 0 {
+                return Ok(None);
+            }
+            frames.extend(&buf[..n]);
+        }
+    };
+    let hello = tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames)).await.context("waiting for the agent's hello")??;
+    match hello {
+        Some(GuestMsg::Hello { version, .. }) if version == faize_protocol::PROTOCOL_VERSION => {}
+        Some(GuestMsg::Hello { version, agent_version }) => bail!(
+            "the guest agent {agent_version} speaks protocol {version}, this faize speaks {}: rebuild the initramfs with `faize artifacts build initramfs`",
+            faize_protocol::PROTOCOL_VERSION
+        ),
+        other => bail!(crash_report(&format!("expected the agent's hello, got {other:?}"))),
+    }
+    let project = spec.project.to_str().expect("validated as UTF-8").to_string();
+    let setup = Setup {
+        version: faize_protocol::PROTOCOL_VERSION,
+        clock_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
+        hostname: "faize".into(),
+        shares: vec![Share { tag: "fs0".into(), guest_path: project.clone(), read_only: false }],
+        project: project.clone(),
+    };
+    wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
+    match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames)).await.context("waiting for the guest to get ready")?? {
+        Some(GuestMsg::Ready) => {}
+        Some(GuestMsg::Fatal(m)) => bail!(crash_report(&format!("the guest could not start: {m}"))),
+        other => bail!(crash_report(&format!("expected ready from the agent, got {other:?}"))),
+    }
+    timings.mark("guest_ready");
+
+    let tty_size = if spec.interactive { window_size(std::io::stdout().as_fd()).or(Some(faize_protocol::WinSize { rows: 24, cols: 80 })) } else { None };
+    let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
+    if spec.interactive {
+        for key in ["TERM", "COLORTERM"] {
+            if let Ok(v) = std::env::var(key) {
+                env.push((key.into(), v));
+            }
+        }
+    }
+    let exec = Exec { argv: spec.command.clone(), env, cwd: project, tty: tty_size };
+    wr.write_all(&encode_frame(&HostMsg::Exec(exec))).await?;
+    timings.mark("exec_sent");
+
+    let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
+    let ending = relay(spec, rd, wr, frames, &mut helpers[2], timings).await;
+    drop(raw);
+    match ending {
+        Ok(e) => Ok(e),
+        Err(e) => Err(anyhow::anyhow!(crash_report(&format!("{e:#}")))),
+    }
+}
+
+/// What the main loop waits on besides the guest.
+enum Input {
+    Data(Vec<u8>),
+    Eof,
+}
+
+/// Moves bytes between the user and the program until the program exits.
+async fn relay(
+    spec: &SessionSpec,
+    mut rd: tokio::net::unix::OwnedReadHalf,
+    wr: tokio::net::unix::OwnedWriteHalf,
+    mut frames: FrameBuf,
+    qemu: &mut Helper,
+    timings: &mut Timings,
+) -> Result<Ending> {
+    // Writes to the guest go through one task so a slow guest never stalls this loop.
+    let (to_guest, mut outbox) = mpsc::channel::<HostMsg>(64);
+    let mut wr = wr;
+    tokio::spawn(async move {
+        while let Some(m) = outbox.recv().await {
+            if wr.write_all(&encode_frame(&m)).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut input = spawn_stdin_reader();
+    let mut stdin_open = true;
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut stdout = tokio::io::stdout();
+    let mut stderr = tokio::io::stderr();
+    let mut escape = EscapeFilter::default();
+    let mut buf = vec![0u8; 128 * 1024];
+
+    let timeout = tokio::time::sleep(spec.timeout.unwrap_or(Duration::from_secs(100 * 365 * 86400)));
+    tokio::pin!(timeout);
+    let mut timed_out = false;
+    // Set once a stop was asked for: past it, the VM is stopped without waiting for the program.
+    let hard_stop = tokio::time::sleep(Duration::from_secs(100 * 365 * 86400));
+    tokio::pin!(hard_stop);
+    let mut stopping = false;
+    let stop = |grace: Duration, hard_stop: std::pin::Pin<&mut tokio::time::Sleep>, to_guest: &mpsc::Sender<HostMsg>| {
+        let _ = to_guest.try_send(HostMsg::Shutdown { grace_ms: grace.as_millis() as u32 });
+        hard_stop.reset(tokio::time::Instant::now() + grace + Duration::from_secs(5));
+    };
+
+    loop {
+        // Every complete frame already received comes first.
+        while let Some(msg) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
+            match msg {
+                GuestMsg::Stdout(d) => {
+                    stdout.write_all(&d).await?;
+                    stdout.flush().await?;
+                }
+                GuestMsg::Stderr(d) => {
+                    stderr.write_all(&d).await?;
+                    stderr.flush().await?;
+                }
+                GuestMsg::Exit(status) => {
+                    timings.mark("exit_received");
+                    return Ok(if timed_out { Ending::TimedOut } else { Ending::Exited(status) });
+                }
+                GuestMsg::Fatal(m) => bail!("the guest agent failed: {m}"),
+                other => bail!("unexpected message from the guest agent: {other:?}"),
+            }
+        }
+        tokio::select! {
+            n = rd.read(&mut buf) => {
+                let n = n.context("reading from the guest agent")?;
+                if n == 0 {
+                    bail!("the guest agent closed the connection before reporting an exit status");
+                }
+                frames.extend(&buf[..n]);
+            }
+            i = input.recv(), if stdin_open => match i {
+                Some(Input::Data(d)) if spec.interactive => {
+                    let f = escape.feed(&d);
+                    if !f.data.is_empty() {
+                        let _ = to_guest.send(HostMsg::Stdin(f.data)).await;
+                    }
+                    if f.end_session && !stopping {
+                        stopping = true;
+                        stop(ESCAPE_GRACE, hard_stop.as_mut(), &to_guest);
+                    }
+                }
+                Some(Input::Data(d)) => { let _ = to_guest.send(HostMsg::Stdin(d)).await; }
+                Some(Input::Eof) | None => {
+                    stdin_open = false;
+                    if !spec.interactive {
+                        let _ = to_guest.send(HostMsg::StdinEof).await;
+                    }
+                }
+            },
+            _ = winch.recv(), if spec.interactive => {
+                if let Some(size) = window_size(std::io::stdout().as_fd()) {
+                    let _ = to_guest.send(HostMsg::Resize(size)).await;
+                }
+            }
+            _ = sigint.recv() => { let _ = to_guest.send(HostMsg::Signal(libc::SIGINT)).await; }
+            _ = sigterm.recv(), if !stopping => { stopping = true; stop(STOP_GRACE, hard_stop.as_mut(), &to_guest); }
+            _ = sighup.recv(), if !stopping => { stopping = true; stop(STOP_GRACE, hard_stop.as_mut(), &to_guest); }
+            _ = &mut timeout, if !timed_out && spec.timeout.is_some() => {
+                timed_out = true;
+                let t = crate::units::format_duration(spec.timeout.unwrap_or_default());
+                let _ = stderr.write_all(format!("\r\nfaize: session {} timed out after {t}; stopping it\r\n", spec.id).as_bytes()).await;
+                if !stopping {
+                    stopping = true;
+                    stop(STOP_GRACE, hard_stop.as_mut(), &to_guest);
+                }
+            }
+            _ = &mut hard_stop, if stopping => {
+                return Ok(if timed_out { Ending::TimedOut } else { Ending::Exited(ExitStatus { code: 128 + libc::SIGKILL, signal: libc::SIGKILL }) });
+            }
+            s = qemu.child.wait() => bail!("the VM stopped unexpectedly ({})", s?),
+        }
+    }
+}
+
+/// Reads the user's input on a plain thread (a blocking read must not hold up the runtime's
+/// shutdown) and hands it to the session loop.
+fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
+    let (tx, rx) = mpsc::channel(16);
+    std::thread::spawn(move || {
+        use std::io::Read;
+        let mut stdin = std::io::stdin();
+        let mut buf = vec![0u8; faize_protocol::MAX_CHUNK];
+        loop {
+            match stdin.read(&mut buf) {
+                Ok(0) => {
+                    let _ = tx.blocking_send(Input::Eof);
+                    break;
+                }
+                Ok(n) => {
+                    if tx.blocking_send(Input::Data(buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(_) => {
+                    let _ = tx.blocking_send(Input::Eof);
+                    break;
+                }
+            }
+        }
+    });
+    rx
+}
+
+/// Creates the sparse scratch disk with an empty ext4 filesystem (no journal: it is thrown away).
+fn make_scratch_disk(mkfs: &Path, path: &Path, size: u64) -> Result<()> {
+    let f = std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(size).with_context(|| format!("sizing {}", path.display()))?;
+    drop(f);
+    let out = std::process::Command::new(mkfs)
+        .args(["-q", "-F", "-O", "^has_journal,^resize_inode", "-E", "lazy_itable_init=1,nodiscard", "-m", "0"])
+        .arg(path)
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("running {}", mkfs.display()))?;
+    if !out.status.success() {
+        bail!("mkfs.ext4 failed on the scratch disk: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}

@@ -1,0 +1,256 @@
+//! One typed description of a session, resolved from flags, then the environment, then the
+//! config file, then defaults. Everything is validated here, before any VM starts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+use crate::accel::{self, AccelChoice};
+use crate::artifacts::Kind;
+use crate::config::Config;
+use crate::home::{vars, FaizeHome};
+use crate::units::{format_size, parse_duration, parse_size};
+
+/// Defaults, as in the original tool's README.
+pub const DEFAULT_CPUS: u32 = 2;
+pub const DEFAULT_MEMORY: &str = "4GB";
+pub const DEFAULT_TIMEOUT: &str = "2h";
+pub const DEFAULT_SCRATCH: &str = "16GiB";
+/// Smallest memory a session may have (Claude Code alone needs more than this).
+pub const MIN_MEMORY_MIB: u64 = 256;
+
+/// What the command line asked for; `None` means "not given".
+#[derive(Debug, Default, Clone)]
+pub struct Request {
+    pub project: Option<PathBuf>,
+    pub cpus: Option<u32>,
+    pub memory: Option<String>,
+    pub timeout: Option<String>,
+    pub config: Option<PathBuf>,
+    pub image: Option<String>,
+    /// Empty: run the agent (`claude`).
+    pub command: Vec<String>,
+    pub interactive: bool,
+}
+
+/// A fully resolved, validated session.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub id: String,
+    pub project: PathBuf,
+    pub cpus: u32,
+    pub memory_mib: u64,
+    pub timeout: Option<Duration>,
+    pub scratch_bytes: u64,
+    pub accel: AccelChoice,
+    pub tsc_khz: Option<u64>,
+    pub image: Kind,
+    pub command: Vec<String>,
+    pub interactive: bool,
+    /// Things the user should know (settings accepted but not acted on).
+    pub notices: Vec<String>,
+}
+
+/// Facts about the host that limits are checked against.
+#[derive(Debug, Clone)]
+pub struct HostLimits {
+    pub cpus: u32,
+    pub memory_mib: u64,
+}
+
+impl HostLimits {
+    pub fn probe() -> Self {
+        let cpus = std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1);
+        let memory_mib = std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|m| {
+                let line = m.lines().find(|l| l.starts_with("MemTotal:"))?.to_string();
+                line.split_whitespace().nth(1)?.parse::<u64>().ok()
+            })
+            .map(|kib| kib / 1024)
+            .unwrap_or(u64::MAX);
+        Self { cpus, memory_mib }
+    }
+}
+
+/// Resolves and validates a request.
+pub fn resolve(req: &Request, home: &FaizeHome, host: &HostLimits) -> Result<SessionSpec> {
+    let (config_path, required) = match &req.config {
+        Some(p) => (p.clone(), true),
+        None => (home.config_file(), false),
+    };
+    let config = Config::load(&config_path, required)?;
+    resolve_with(req, &config, host, std::env::var(vars::ACCEL).ok().as_deref(), &accel::probe())
+}
+
+/// The pure part of [`resolve`], for tests.
+pub fn resolve_with(
+    req: &Request,
+    config: &Config,
+    host: &HostLimits,
+    accel_env: Option<&str>,
+    facts: &accel::HostFacts,
+) -> Result<SessionSpec> {
+    let cpus = req.cpus.or(config.defaults.cpus).unwrap_or(DEFAULT_CPUS);
+    if cpus == 0 {
+        bail!("cpus must be at least 1");
+    }
+    if cpus > host.cpus {
+        bail!("{cpus} cpus requested but this host has {}: use --cpus {} or fewer", host.cpus, host.cpus);
+    }
+
+    let memory_text = req
+        .memory
+        .clone()
+        .or_else(|| config.defaults.memory.as_ref().map(|s| s.0.clone()))
+        .unwrap_or_else(|| DEFAULT_MEMORY.into());
+    let memory = parse_size(&memory_text).context("memory")?;
+    if memory % (1 << 20) != 0 {
+        bail!("memory {memory_text:?} is not a whole number of MiB: use e.g. 512M or 4GiB");
+    }
+    let memory_mib = memory >> 20;
+    if memory_mib < MIN_MEMORY_MIB {
+        bail!("memory {memory_text:?} is too small: a session needs at least {MIN_MEMORY_MIB}MiB");
+    }
+    if memory_mib > host.memory_mib {
+        bail!(
+            "memory {memory_text:?} is more than this host's {}: ask for less with --memory",
+            format_size(host.memory_mib << 20)
+        );
+    }
+
+    let timeout_text = req
+        .timeout
+        .clone()
+        .or_else(|| config.defaults.timeout.as_ref().map(|s| s.0.clone()))
+        .unwrap_or_else(|| DEFAULT_TIMEOUT.into());
+    let timeout = parse_duration(&timeout_text).context("timeout")?;
+
+    let scratch_text = config.vm.scratch_size.as_ref().map(|s| s.0.clone()).unwrap_or_else(|| DEFAULT_SCRATCH.into());
+    let scratch_bytes = parse_size(&scratch_text).context("vm.scratch_size")?;
+    if scratch_bytes < 64 << 20 {
+        bail!("vm.scratch_size {scratch_text:?} is too small: use at least 64MiB");
+    }
+
+    let forced = accel_env.filter(|s| !s.is_empty()).or(config.vm.accel.as_deref());
+    let accel = accel::choose(forced, facts).map_err(anyhow::Error::msg)?;
+
+    let project = match &req.project {
+        Some(p) => p.clone(),
+        None => std::env::current_dir().context("reading the current directory")?,
+    };
+    let project = std::fs::canonicalize(&project)
+        .with_context(|| format!("project directory {} does not exist: pass an existing folder with -p", project.display()))?;
+    if !project.is_dir() {
+        bail!("project {} is not a directory: pass a folder with -p", project.display());
+    }
+    if project.to_str().is_none() {
+        bail!("project path {} is not valid UTF-8: rename it or pick another folder", project.display());
+    }
+    if project == std::path::Path::new("/") {
+        bail!("the project cannot be / : pass a project folder with -p");
+    }
+
+    let image = match req.image.as_deref() {
+        None | Some("claude") => Kind::Claude,
+        Some("rootfs") => Kind::Rootfs,
+        Some(other) => bail!("unknown image {other:?}: use claude (the default) or rootfs"),
+    };
+    let command = if req.command.is_empty() { vec!["claude".to_string()] } else { req.command.clone() };
+    if image == Kind::Rootfs && command[0] == "claude" {
+        bail!("the rootfs image has no claude: use the default image or give a command after --");
+    }
+
+    let mut notices: Vec<String> = config.not_yet_supported().into_iter().map(|s| format!("config: {s}")).collect();
+    if accel.accel == accel::Accel::Tcg && forced.is_none() {
+        notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
+    }
+
+    Ok(SessionSpec {
+        id: new_id(),
+        project,
+        cpus,
+        memory_mib,
+        timeout,
+        scratch_bytes,
+        accel,
+        tsc_khz: facts.tsc_khz,
+        image,
+        command,
+        interactive: req.interactive,
+        notices,
+    })
+}
+
+/// 12 random hex characters.
+pub fn new_id() -> String {
+    let mut b = [0u8; 6];
+    getrandom::getrandom(&mut b).expect("the kernel's random source");
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn host() -> HostLimits {
+        HostLimits { cpus: 2, memory_mib: 24 * 1024 }
+    }
+
+    fn facts() -> accel::HostFacts {
+        accel::HostFacts { cpu_flags_virt: false, kvm_usable: true, tsc_khz: Some(2_000_000) }
+    }
+
+    fn req() -> Request {
+        Request { project: Some(std::env::temp_dir()), ..Default::default() }
+    }
+
+    fn resolve(r: &Request, c: &str) -> Result<SessionSpec> {
+        resolve_with(r, &Config::parse(c).unwrap(), &host(), None, &facts())
+    }
+
+    #[test]
+    fn defaults_match_the_original() {
+        let s = resolve(&req(), "").unwrap();
+        assert_eq!((s.cpus, s.memory_mib, s.timeout), (2, 4096, Some(Duration::from_secs(7200))));
+        assert_eq!(s.command, vec!["claude"]);
+        assert_eq!(s.image, Kind::Claude);
+        assert_eq!(s.accel.accel, accel::Accel::Tcg);
+        assert_eq!(s.id.len(), 12);
+    }
+
+    #[test]
+    fn flags_beat_config() {
+        let c = "defaults:\n  cpus: 1\n  memory: 1GiB\n  timeout: 0\n";
+        let s = resolve(&req(), c).unwrap();
+        assert_eq!((s.cpus, s.memory_mib, s.timeout), (1, 1024, None));
+        let r = Request { cpus: Some(2), memory: Some("512M".into()), timeout: Some("90m".into()), ..req() };
+        let s = resolve(&r, c).unwrap();
+        assert_eq!((s.cpus, s.memory_mib, s.timeout), (2, 512, Some(Duration::from_secs(5400))));
+    }
+
+    #[test]
+    fn bad_values_are_refused_with_what_to_do() {
+        let e = |r: Request| format!("{:#}", resolve(&r, "").unwrap_err());
+        assert!(e(Request { cpus: Some(3), ..req() }).contains("this host has 2"));
+        assert!(e(Request { cpus: Some(0), ..req() }).contains("at least 1"));
+        assert!(e(Request { memory: Some("lots".into()), ..req() }).contains("invalid size \"lots\""));
+        assert!(e(Request { memory: Some("100M".into()), ..req() }).contains("at least 256MiB"));
+        assert!(e(Request { memory: Some("64G".into()), ..req() }).contains("more than this host"));
+        assert!(e(Request { timeout: Some("soon".into()), ..req() }).contains("invalid duration"));
+        assert!(e(Request { project: Some("/no/such/dir".into()), ..req() }).contains("does not exist"));
+        assert!(e(Request { image: Some("alpine".into()), ..req() }).contains("unknown image"));
+        let c = Config::parse("vm:\n  accel: hvf\n").unwrap();
+        assert!(resolve_with(&req(), &c, &host(), None, &facts()).is_err());
+    }
+
+    #[test]
+    fn accel_env_beats_config() {
+        let c = Config::parse("vm:\n  accel: kvm\n").unwrap();
+        let s = resolve_with(&req(), &c, &host(), Some("tcg"), &facts()).unwrap();
+        assert_eq!(s.accel.accel, accel::Accel::Tcg);
+        let s = resolve_with(&req(), &c, &host(), None, &facts()).unwrap();
+        assert_eq!(s.accel.accel, accel::Accel::Kvm);
+    }
+}

@@ -1,0 +1,71 @@
+//! The command-line interface, as clap definitions.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "faize", version, about = "Run AI coding agents in throw-away microVMs")]
+#[command(after_help = "Exit codes: the program's own status is passed through; 124 the session timed out; \
+125 faize itself failed; 126 the command could not be run; 127 the command was not found.")]
+pub struct Cli {
+    /// Show debug logs on stderr
+    #[arg(long, global = true)]
+    pub debug: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Start an interactive session running the agent (claude), or CMD
+    Start(SessionArgs),
+    /// Run CMD in a new VM, non-interactively (stdin, stdout and stderr kept separate)
+    Run(SessionArgs),
+    /// List or build the kernel and root images
+    Artifacts {
+        #[command(subcommand)]
+        action: Option<ArtifactsAction>,
+    },
+    /// Check the prerequisites and say how to fix what is missing
+    Doctor,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ArtifactsAction {
+    /// List the images, their state and inputs (the default)
+    List,
+    /// Build images: kernel, rootfs, claude, initramfs or all (default: all)
+    Build {
+        #[arg(default_value = "all")]
+        which: String,
+        /// Rebuild even when the image is up to date
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct SessionArgs {
+    /// Project directory shared read-write with the VM [default: current directory]
+    #[arg(short = 'p', long = "project", value_name = "DIR")]
+    pub project: Option<PathBuf>,
+    /// Virtual CPUs [config: defaults.cpus, default: 2]
+    #[arg(long, value_name = "N")]
+    pub cpus: Option<u32>,
+    /// Memory, e.g. 4GB, 4GiB, 512M [config: defaults.memory, default: 4GB]
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Session timeout, e.g. 2h, 90m, 1h30m; 0 for none [config: defaults.timeout, default: 2h]
+    #[arg(short = 't', long, value_name = "DURATION")]
+    pub timeout: Option<String>,
+    /// Config file [default: ~/.faize/config.yaml]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Root image: claude (with Claude Code, the default) or rootfs (without)
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// The program and its arguments [start: default claude]
+    #[arg(last = true, value_name = "CMD")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,18 @@
+//! One module per command; each takes parsed arguments and returns faize's exit code.
+
+mod artifacts;
+mod doctor;
+mod session;
+
+use anyhow::Result;
+
+use crate::cli::{Cli, Command};
+
+pub fn dispatch(cli: Cli) -> Result<i32> {
+    match cli.command {
+        Command::Start(args) => session::start(args),
+        Command::Run(args) => session::run(args),
+        Command::Artifacts { action } => artifacts::run(action),
+        Command::Doctor => doctor::run(),
+    }
+}
