@@ -102,26 +102,54 @@ pub struct Artifacts {
     cache: PathBuf,
 }
 
-/// Where the static guest agent is: `FAIZE_AGENT_BIN`, next to the faize binary, or where the
-/// set-up script builds it (`target/x86_64-unknown-linux-gnu/release`).
+/// Where the static guest agent is: `FAIZE_AGENT_BIN`, where the set-up script builds it
+/// (`target/x86_64-unknown-linux-gnu/release`), or next to the faize binary. A dynamically
+/// linked build cannot be PID 1 of the VM and is skipped.
 pub fn agent_binary() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os(vars::AGENT_BIN).filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(p));
+        let p = PathBuf::from(p);
+        if !is_static_elf(&p)? {
+            bail!("{} ({}) is not a static executable: build it with ./setup.sh", p.display(), vars::AGENT_BIN);
+        }
+        return Ok(p);
     }
     let exe = std::env::current_exe().context("locating the faize binary")?;
     let dir = exe.parent().unwrap_or(Path::new("."));
     let candidates = [
-        dir.join("faize-agent"),
         dir.join("../x86_64-unknown-linux-gnu/release/faize-agent"),
         dir.join("../../x86_64-unknown-linux-gnu/release/faize-agent"),
+        dir.join("faize-agent"),
     ];
-    candidates.iter().find(|p| p.is_file()).cloned().ok_or_else(|| {
-        anyhow::anyhow!(
-            "the guest agent binary was not found (looked in {}): run ./setup.sh, or set {} to a static faize-agent",
-            dir.display(),
-            vars::AGENT_BIN
-        )
-    })
+    for c in &candidates {
+        if c.is_file() && is_static_elf(c)? {
+            return Ok(c.clone());
+        }
+    }
+    bail!(
+        "the static guest agent binary was not found next to {}: run ./setup.sh, or set {} to a static faize-agent",
+        exe.display(),
+        vars::AGENT_BIN
+    )
+}
+
+/// True for an x86-64 ELF executable without an interpreter (statically linked).
+fn is_static_elf(path: &Path) -> Result<bool> {
+    let b = fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if b.len() < 64 || &b[..4] != b"\x7fELF" || b[4] != 2 {
+        return Ok(false);
+    }
+    let u16_at = |o: usize| u16::from_le_bytes([b[o], b[o + 1]]) as usize;
+    let phoff = u64::from_le_bytes(b[0x20..0x28].try_into().expect("8 bytes")) as usize;
+    let (phentsize, phnum) = (u16_at(0x36), u16_at(0x38));
+    const PT_INTERP: u32 = 3;
+    for i in 0..phnum {
+        let o = phoff + i * phentsize;
+        let Some(t) = b.get(o..o + 4) else { return Ok(false) };
+        if u32::from_le_bytes(t.try_into().expect("4 bytes")) == PT_INTERP {
+            return Ok(false);
+        }
+    }
+    Ok(true)
 }
 
 impl Artifacts {
@@ -276,9 +304,6 @@ impl Artifacts {
     fn build_initramfs(&self, out: &Path) -> Result<()> {
         let agent = agent_binary()?;
         let bytes = fs::read(&agent).with_context(|| format!("reading {}", agent.display()))?;
-        if bytes.get(..4) != Some(b"\x7fELF") {
-            bail!("{} is not an executable", agent.display());
-        }
         let mut f = fs::File::create(out).with_context(|| format!("creating {}", out.display()))?;
         crate::initramfs::write(&mut f, &bytes)?;
         f.sync_all()?;
@@ -395,6 +420,15 @@ fn hex(b: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_static_executables_can_be_the_agent() {
+        assert!(!is_static_elf(Path::new("/bin/sh")).unwrap(), "/bin/sh is dynamic");
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("x");
+        fs::write(&f, b"#!/bin/sh\n").unwrap();
+        assert!(!is_static_elf(&f).unwrap());
+    }
 
     #[test]
     fn claude_version_is_pinned() {

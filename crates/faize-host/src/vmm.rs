@@ -51,7 +51,7 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     let mut a: Vec<OsString> = Vec::new();
     let mut push = |s: String| a.push(s.into());
     push("-M".into());
-    push("microvm,acpi=off,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=mem".into());
+    push("microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem".into());
     match spec.accel {
         Accel::Kvm => {
             push("-accel".into());
@@ -197,7 +197,7 @@ mod tests {
     #[test]
     fn tcg_command_line_snapshot() {
         let got = joined(&qemu_args(&spec(Accel::Tcg)));
-        let want = "-M microvm,acpi=off,x-option-roms=off,pit=off,pic=off,isa-serial=on,rtc=on,memory-backend=mem \
+        let want = "-M microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem \
             -accel tcg -cpu max -smp 2 -m 4096M -object memory-backend-memfd,id=mem,size=4096M,share=on \
             -nodefaults -no-user-config -no-reboot -display none -global virtio-mmio.force-legacy=false \
             -kernel /a/vmlinux -initrd /a/initramfs.cpio \

@@ -1,0 +1,65 @@
+//! The CLI's behaviour on bad input, without booting a VM: every error is precise, says what to
+//! do, exits 125, and happens before any VM starts.
+
+mod common;
+
+use common::{text, Env};
+
+fn fails_with(env: &Env, args: &[&str], needle: &str) {
+    let out = env.run(args, b"");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
+    assert!(err.starts_with("faize: "), "{args:?}: {err}");
+    assert!(err.contains(needle), "{args:?}: expected {needle:?} in {err}");
+    // Nothing was started: no session folder.
+    assert!(!env.home.path().join("sessions").exists(), "{args:?} created a session");
+}
+
+#[test]
+fn bad_flags_are_refused_before_any_vm_starts() {
+    let env = Env::new();
+    fails_with(&env, &["run", "--memory", "lots", "--", "true"], "invalid size \"lots\"");
+    fails_with(&env, &["run", "--memory", "1T", "--", "true"], "more than this host");
+    fails_with(&env, &["run", "--cpus", "4096", "--", "true"], "use --cpus");
+    fails_with(&env, &["run", "-t", "soon", "--", "true"], "invalid duration \"soon\"");
+    fails_with(&env, &["run", "-p", "/no/such/project", "--", "true"], "/no/such/project does not exist");
+    fails_with(&env, &["run", "--image", "alpine", "--", "true"], "unknown image");
+    fails_with(&env, &["run"], "needs a command");
+    fails_with(&env, &["start"], "needs a terminal");
+}
+
+#[test]
+fn bad_config_is_refused_with_the_file_and_key() {
+    let env = Env::new();
+    env.config("defaults:\n  cpus: 1\n  memroy: 2GB\n");
+    fails_with(&env, &["run", "--", "true"], "unknown field `memroy`");
+    env.config("defaults:\n  memory: plenty\n");
+    fails_with(&env, &["run", "--", "true"], "invalid size \"plenty\"");
+    env.config("vm:\n  accel: hvf\n");
+    fails_with(&env, &["run", "--", "true"], "kvm, tcg or auto");
+    fails_with(&env, &["run", "--config", "/no/such/config.yaml", "--", "true"], "/no/such/config.yaml");
+}
+
+#[test]
+fn missing_qemu_points_to_the_setup_command() {
+    let env = Env::new();
+    let out = env.faize().args(["run", "--", "true"]).env("FAIZE_QEMU", "").env("PATH", "/nonexistent").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("qemu-system-x86_64 was not found") && err.contains("setup.sh"), "{err}");
+}
+
+#[test]
+fn version_and_artifact_listing() {
+    let env = Env::new();
+    let out = env.faize().arg("--version").output().unwrap();
+    assert_eq!(text(&out.stdout).trim(), format!("faize {}", env!("CARGO_PKG_VERSION")));
+    let out = env.faize().args(["artifacts", "build", "everything"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("use kernel, rootfs, claude, initramfs or all"));
+    let out = env.faize().arg("artifacts").env("FAIZE_ARTIFACTS_DIR", env.home.path().join("none")).output().unwrap();
+    let listing = text(&out.stdout);
+    for k in ["kernel", "rootfs", "claude", "initramfs"] {
+        assert!(listing.lines().any(|l| l.starts_with(k) && l.contains("missing")), "{listing}");
+    }
+}
