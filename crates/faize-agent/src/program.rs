@@ -142,7 +142,12 @@ fn report_spawn_error(channel: &Channel, program: &str, e: std::io::Error) -> Ex
 }
 
 /// Copies one output stream to the host until end of file.
-fn spawn_reader(channel: Channel, mut src: impl Read + Send + 'static, wrap: fn(Vec<u8>) -> GuestMsg, done: mpsc::Sender<()>) {
+fn spawn_reader(
+    channel: Channel,
+    mut src: impl Read + Send + 'static,
+    wrap: fn(Vec<u8>) -> GuestMsg,
+    done: mpsc::Sender<()>,
+) {
     std::thread::spawn(move || {
         let mut buf = vec![0u8; MAX_CHUNK];
         loop {

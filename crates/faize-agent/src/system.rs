@@ -45,7 +45,8 @@ pub fn switch_root() -> Result<(), String> {
             .map_err(|e| format!("move /{d} into the new root: {e}"))?;
     }
     std::env::set_current_dir(NEW_ROOT).map_err(|e| format!("chdir {NEW_ROOT}: {e}"))?;
-    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| format!("move new root to /: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(|e| format!("move new root to /: {e}"))?;
     nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
     std::env::set_current_dir("/").map_err(|e| format!("chdir /: {e}"))?;
     Ok(())
@@ -67,7 +68,8 @@ fn disk_by_serial(serial: &str) -> Result<String, String> {
 pub fn prepare(setup: &Setup) -> Result<(), String> {
     let secs = (setup.clock_unix_nanos / 1_000_000_000) as i64;
     let nanos = (setup.clock_unix_nanos % 1_000_000_000) as i64;
-    clock_settime(ClockId::CLOCK_REALTIME, TimeSpec::new(secs, nanos)).map_err(|e| format!("setting the clock: {e}"))?;
+    clock_settime(ClockId::CLOCK_REALTIME, TimeSpec::new(secs, nanos))
+        .map_err(|e| format!("setting the clock: {e}"))?;
     nix::unistd::sethostname(&setup.hostname).map_err(|e| format!("sethostname: {e}"))?;
 
     let nosuid = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
@@ -85,7 +87,8 @@ pub fn prepare(setup: &Setup) -> Result<(), String> {
     }
     if setup.project != WORKSPACE_LINK {
         let _ = fs::remove_dir(WORKSPACE_LINK);
-        std::os::unix::fs::symlink(&setup.project, WORKSPACE_LINK).map_err(|e| format!("symlink {WORKSPACE_LINK}: {e}"))?;
+        std::os::unix::fs::symlink(&setup.project, WORKSPACE_LINK)
+            .map_err(|e| format!("symlink {WORKSPACE_LINK}: {e}"))?;
     }
     create_user()
 }

@@ -231,11 +231,8 @@ impl Artifacts {
     /// Makes sure the given images exist and are current, building what is not.
     pub fn ensure(&self, kinds: &[Kind], progress: &dyn Progress) -> Result<()> {
         let manifest = self.read_manifest()?;
-        let needed: Vec<Kind> = kinds
-            .iter()
-            .copied()
-            .filter(|k| !matches!(self.state_in(&manifest, *k), Ok(State::Ready(_))))
-            .collect();
+        let needed: Vec<Kind> =
+            kinds.iter().copied().filter(|k| !matches!(self.state_in(&manifest, *k), Ok(State::Ready(_)))).collect();
         for k in needed {
             self.build(k, progress, false)?;
         }
@@ -263,8 +260,24 @@ impl Artifacts {
         progress.start(kind);
         let result = match kind {
             Kind::Initramfs => self.build_initramfs(&tmp),
-            Kind::Kernel => self.run_script(kind, "kernel", KERNEL_BUILD, &[(&"microvm.config", KERNEL_CONFIG)], &tmp, None, progress),
-            Kind::Rootfs => self.run_script(kind, "rootfs", ROOTFS_BUILD, &[(&"packages.txt", ROOTFS_PACKAGES)], &tmp, None, progress),
+            Kind::Kernel => self.run_script(
+                kind,
+                "kernel",
+                KERNEL_BUILD,
+                &[(&"microvm.config", KERNEL_CONFIG)],
+                &tmp,
+                None,
+                progress,
+            ),
+            Kind::Rootfs => self.run_script(
+                kind,
+                "rootfs",
+                ROOTFS_BUILD,
+                &[(&"packages.txt", ROOTFS_PACKAGES)],
+                &tmp,
+                None,
+                progress,
+            ),
             Kind::Claude => self.run_script(
                 kind,
                 "rootfs",

@@ -69,7 +69,8 @@ pub fn find_program(name: &str, override_var: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));
     }
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> =
+        std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
     if let Some(h) = std::env::var_os("HOME") {
         dirs.push(Path::new(&h).join(".cargo/bin"));
     }

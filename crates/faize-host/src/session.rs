@@ -47,12 +47,17 @@ impl Tools {
     /// Finds every tool or says which is missing and how to get it.
     pub fn find() -> Result<Self> {
         let need = |name: &str, var: &str, how: &str| {
-            find_program(name, var).ok_or_else(|| anyhow::anyhow!("{name} was not found on PATH: {how}, or run ./setup.sh"))
+            find_program(name, var)
+                .ok_or_else(|| anyhow::anyhow!("{name} was not found on PATH: {how}, or run ./setup.sh"))
         };
         Ok(Self {
             qemu: need("qemu-system-x86_64", vars::QEMU, "install the qemu-system-x86 package")?,
             virtiofsd: need("virtiofsd", vars::VIRTIOFSD, "run `cargo install virtiofsd --version ~1.14`")?,
-            vhost_vsock: need("vhost-device-vsock", vars::VHOST_VSOCK, "run `cargo install vhost-device-vsock --version ~0.3`")?,
+            vhost_vsock: need(
+                "vhost-device-vsock",
+                vars::VHOST_VSOCK,
+                "run `cargo install vhost-device-vsock --version ~0.3`",
+            )?,
             mkfs_ext4: find_program("mkfs.ext4", "FAIZE_MKFS_EXT4")
                 .or_else(|| Some(PathBuf::from("/sbin/mkfs.ext4")).filter(|p| p.exists()))
                 .ok_or_else(|| anyhow::anyhow!("mkfs.ext4 was not found: install the e2fsprogs package"))?,
@@ -109,7 +114,11 @@ impl Dirs {
             Some(p) => p.join("faize"),
             None => PathBuf::from(format!("/tmp/faize-{uid}")),
         };
-        std::fs::DirBuilder::new().recursive(true).mode(0o700).create(&base).with_context(|| format!("creating {}", base.display()))?;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&base)
+            .with_context(|| format!("creating {}", base.display()))?;
         let meta = std::fs::metadata(&base)?;
         if meta.uid() != uid || meta.mode() & 0o077 != 0 {
             bail!("{} is not a private folder of this user: remove it and try again", base.display());
@@ -176,7 +185,8 @@ async fn boot_and_run(
     let uds = dirs.runtime.join("vsock");
     let fs_socket = dirs.runtime.join("fs0.sock");
     let listener_path = PathBuf::from(format!("{}_{CONTROL_PORT}", uds.display()));
-    let listener = UnixListener::bind(&listener_path).with_context(|| format!("listening on {}", listener_path.display()))?;
+    let listener =
+        UnixListener::bind(&listener_path).with_context(|| format!("listening on {}", listener_path.display()))?;
 
     helpers.push(process::spawn(
         "vhost-device-vsock",
@@ -186,8 +196,19 @@ async fn boot_and_run(
     )?);
     let uid = nix::unistd::getuid().as_raw();
     let gid = nix::unistd::getgid().as_raw();
-    let fs_spec = VirtiofsdSpec { socket: fs_socket.clone(), shared_dir: spec.project.clone(), read_only: false, host_uid: uid, host_gid: gid };
-    helpers.push(process::spawn("virtiofsd", &tools.virtiofsd, &vmm::virtiofsd_args(&fs_spec), &dirs.session.join("virtiofsd.log"))?);
+    let fs_spec = VirtiofsdSpec {
+        socket: fs_socket.clone(),
+        shared_dir: spec.project.clone(),
+        read_only: false,
+        host_uid: uid,
+        host_gid: gid,
+    };
+    helpers.push(process::spawn(
+        "virtiofsd",
+        &tools.virtiofsd,
+        &vmm::virtiofsd_args(&fs_spec),
+        &dirs.session.join("virtiofsd.log"),
+    )?);
     helpers[0].wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
     helpers[1].wait_for_socket(&fs_socket, Duration::from_secs(10)).await?;
     timings.mark("sidecars_ready");
@@ -229,19 +250,22 @@ async fn boot_and_run(
     let mut frames = FrameBuf::default();
     let mut buf = vec![0u8; 128 * 1024];
     // Handshake and setup; the guest is not trusted to answer in time.
-    let mut next_msg = async |rd: &mut tokio::net::unix::OwnedReadHalf, frames: &mut FrameBuf| -> Result<Option<GuestMsg>> {
-        loop {
-            if let Some(m) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
-                return Ok(Some(m));
+    let mut next_msg =
+        async |rd: &mut tokio::net::unix::OwnedReadHalf, frames: &mut FrameBuf| -> Result<Option<GuestMsg>> {
+            loop {
+                if let Some(m) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
+                    return Ok(Some(m));
+                }
+                let n = rd.read(&mut buf).await?;
+                if n == 0 {
+                    return Ok(None);
+                }
+                frames.extend(&buf[..n]);
             }
-            let n = rd.read(&mut buf).await?;
-            if n == 0 {
-                return Ok(None);
-            }
-            frames.extend(&buf[..n]);
-        }
-    };
-    let hello = tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames)).await.context("waiting for the agent's hello")??;
+        };
+    let hello = tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
+        .await
+        .context("waiting for the agent's hello")??;
     match hello {
         Some(GuestMsg::Hello { version, .. }) if version == faize_protocol::PROTOCOL_VERSION => {}
         Some(GuestMsg::Hello { version, agent_version }) => bail!(
@@ -259,14 +283,21 @@ async fn boot_and_run(
         project: project.clone(),
     };
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
-    match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames)).await.context("waiting for the guest to get ready")?? {
+    match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
+        .await
+        .context("waiting for the guest to get ready")??
+    {
         Some(GuestMsg::Ready) => {}
         Some(GuestMsg::Fatal(m)) => bail!(crash_report(&format!("the guest could not start: {m}"))),
         other => bail!(crash_report(&format!("expected ready from the agent, got {other:?}"))),
     }
     timings.mark("guest_ready");
 
-    let tty_size = if spec.interactive { window_size(std::io::stdout().as_fd()).or(Some(faize_protocol::WinSize { rows: 24, cols: 80 })) } else { None };
+    let tty_size = if spec.interactive {
+        window_size(std::io::stdout().as_fd()).or(Some(faize_protocol::WinSize { rows: 24, cols: 80 }))
+    } else {
+        None
+    };
     let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
     if spec.interactive {
         for key in ["TERM", "COLORTERM"] {
@@ -331,10 +362,11 @@ async fn relay(
     let hard_stop = tokio::time::sleep(Duration::from_secs(100 * 365 * 86400));
     tokio::pin!(hard_stop);
     let mut stopping = false;
-    let stop = |grace: Duration, hard_stop: std::pin::Pin<&mut tokio::time::Sleep>, to_guest: &mpsc::Sender<HostMsg>| {
-        let _ = to_guest.try_send(HostMsg::Shutdown { grace_ms: grace.as_millis() as u32 });
-        hard_stop.reset(tokio::time::Instant::now() + grace + Duration::from_secs(5));
-    };
+    let stop =
+        |grace: Duration, hard_stop: std::pin::Pin<&mut tokio::time::Sleep>, to_guest: &mpsc::Sender<HostMsg>| {
+            let _ = to_guest.try_send(HostMsg::Shutdown { grace_ms: grace.as_millis() as u32 });
+            hard_stop.reset(tokio::time::Instant::now() + grace + Duration::from_secs(5));
+        };
 
     loop {
         // Every complete frame already received comes first.

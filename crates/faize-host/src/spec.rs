@@ -140,8 +140,9 @@ pub fn resolve_with(
         Some(p) => p.clone(),
         None => std::env::current_dir().context("reading the current directory")?,
     };
-    let project = std::fs::canonicalize(&project)
-        .with_context(|| format!("project directory {} does not exist: pass an existing folder with -p", project.display()))?;
+    let project = std::fs::canonicalize(&project).with_context(|| {
+        format!("project directory {} does not exist: pass an existing folder with -p", project.display())
+    })?;
     if !project.is_dir() {
         bail!("project {} is not a directory: pass a folder with -p", project.display());
     }

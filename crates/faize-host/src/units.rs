@@ -77,7 +77,7 @@ pub fn parse_duration(text: &str) -> Result<Option<Duration>, UnitError> {
 /// Formats a byte count the way sizes are accepted (`4GiB`, `512MiB`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{unit}", bytes >> shift);
         }
     }

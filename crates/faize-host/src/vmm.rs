@@ -8,7 +8,6 @@ use faize_protocol::{ROOT_DISK_SERIAL, SCRATCH_DISK_SERIAL};
 
 use crate::accel::Accel;
 
-
 /// One virtio-fs share as QEMU sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FsDevice {
@@ -36,7 +35,7 @@ pub struct QemuSpec {
 
 /// The kernel command line.
 pub fn kernel_cmdline(spec: &QemuSpec) -> String {
-    let mut c = String::from("console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init");
+    let mut c = String::from("console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0");
     c += &format!(" {}={}", faize_protocol::CMDLINE_MARKER, faize_protocol::PROTOCOL_VERSION);
     if spec.accel == Accel::Tcg {
         if let Some(khz) = spec.tsc_khz {
@@ -166,7 +165,8 @@ pub fn virtiofsd_args(spec: &VirtiofsdSpec) -> Vec<OsString> {
 pub fn vhost_vsock_args(vhost_socket: &std::path::Path, uds: &std::path::Path) -> Vec<OsString> {
     vec![
         "--vm".into(),
-        format!("guest-cid={},socket={},uds-path={}", faize_protocol::GUEST_CID, vhost_socket.display(), uds.display()).into(),
+        format!("guest-cid={},socket={},uds-path={}", faize_protocol::GUEST_CID, vhost_socket.display(), uds.display())
+            .into(),
     ]
 }
 
@@ -201,7 +201,7 @@ mod tests {
             -accel tcg -cpu max -smp 2 -m 4096M -object memory-backend-memfd,id=mem,size=4096M,share=on \
             -nodefaults -no-user-config -no-reboot -display none -global virtio-mmio.force-legacy=false \
             -kernel /a/vmlinux -initrd /a/initramfs.cpio \
-            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init faize.protocol=1 tsc_early_khz=2596142 \
+            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.protocol=1 tsc_early_khz=2596142 \
             -chardev file,id=console,path=/s/console.log -serial chardev:console \
             -drive id=root,file=/a/claude,,1.erofs,format=raw,if=none,readonly=on \
             -device virtio-blk-device,drive=root,serial=faize-root \

@@ -65,14 +65,19 @@ pub enum HostMsg {
     /// Deliver this signal to the program's process group.
     Signal(i32),
     /// Stop the program: SIGTERM, then SIGKILL after `grace_ms`; then exit as usual.
-    Shutdown { grace_ms: u32 },
+    Shutdown {
+        grace_ms: u32,
+    },
 }
 
 /// Guest to host.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum GuestMsg {
     /// First message on the connection.
-    Hello { version: u16, agent_version: String },
+    Hello {
+        version: u16,
+        agent_version: String,
+    },
     /// Root filesystem, shares and user are in place.
     Ready,
     Stdout(Vec<u8>),

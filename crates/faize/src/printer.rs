@@ -38,7 +38,9 @@ impl Progress for BuildProgress {
     fn start(&self, kind: Kind) {
         if self.fancy {
             let bar = ProgressBar::new_spinner();
-            bar.set_style(ProgressStyle::with_template("{spinner} [{elapsed}] {prefix}: {wide_msg}").expect("valid template"));
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed}] {prefix}: {wide_msg}").expect("valid template"),
+            );
             bar.set_prefix(format!("building {kind}"));
             bar.enable_steady_tick(Duration::from_millis(120));
             *self.bar.lock().unwrap() = Some(bar);

@@ -43,7 +43,8 @@ fn bad_config_is_refused_with_the_file_and_key() {
 #[test]
 fn missing_qemu_points_to_the_setup_command() {
     let env = Env::new();
-    let out = env.faize().args(["run", "--", "true"]).env("FAIZE_QEMU", "").env("PATH", "/nonexistent").output().unwrap();
+    let out =
+        env.faize().args(["run", "--", "true"]).env("FAIZE_QEMU", "").env("PATH", "/nonexistent").output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{err}");
     assert!(err.contains("qemu-system-x86_64 was not found") && err.contains("setup.sh"), "{err}");

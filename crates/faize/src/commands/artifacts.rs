@@ -27,7 +27,10 @@ pub fn run(action: Option<ArtifactsAction>) -> Result<i32> {
                     .unwrap_or_default();
                 printer::out(&format!("{:<10} {:<8} {:>10}  {:<16} {versions}", kind.name(), word, size, sha));
             }
-            printer::out(&format!("\nin {}", artifacts.path(Kind::Kernel).parent().unwrap_or(std::path::Path::new("")).display()));
+            printer::out(&format!(
+                "\nin {}",
+                artifacts.path(Kind::Kernel).parent().unwrap_or(std::path::Path::new("")).display()
+            ));
             Ok(0)
         }
         ArtifactsAction::Build { which, force } => {

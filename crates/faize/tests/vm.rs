@@ -1,0 +1,240 @@
+//! End-to-end tests that boot real VMs (under TCG on our machines) and check from inside the
+//! guest. Each test boots as few VMs as it can and checks many things in each.
+//! They fail when QEMU or the images are missing, and skip only with FAIZE_SKIP_VM_TESTS=1.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::process::CommandExt;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{text, vm_tests_enabled, Env};
+
+#[test]
+fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let parent = tempfile::tempdir().unwrap();
+    let project = parent.path().join("my proj ü'q");
+    std::fs::create_dir(&project).unwrap();
+    let p = project.to_str().unwrap();
+
+    // One VM checks stdio, limits, devices, the share and the security of the share.
+    let script = r#"
+        read line; echo "stdin=$line"; echo "to-stderr" >&2
+        echo "nproc=$(nproc)"; grep MemTotal /proc/meminfo
+        echo "ifaces=$(ls /sys/class/net | tr '\n' ' ')"
+        echo "pwd=$(pwd)"; echo "workspace=$(readlink /workspace)"; echo "user=$(id -un)"
+        echo data > by-user.txt
+        sudo sh -c 'echo x > by-root.txt'
+        sudo touch /etc/faize-marker; touch "$HOME/home-marker"
+        sudo mknod devnode c 1 3 2>/dev/null && echo mknod=ok || echo mknod=refused
+        touch suid; sudo chmod 6755 suid
+        exit 7
+    "#;
+    let out = env.run(&["run", "--cpus", "1", "--memory", "512M", "-p", p, "--", "sh", "-c", script], b"hello-stdin\n");
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(7), "stdout:\n{so}\nstderr:\n{se}");
+    assert!(so.contains("stdin=hello-stdin"), "{so}");
+    assert!(se.contains("to-stderr") && !so.contains("to-stderr"), "stdout and stderr must stay apart");
+    assert!(so.contains("nproc=1\n"), "{so}");
+    let mem_kib: u64 =
+        so.lines().find(|l| l.starts_with("MemTotal")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
+    assert!((400_000..=524_288).contains(&mem_kib), "MemTotal {mem_kib} kB for --memory 512M");
+    assert!(so.contains("ifaces=lo \n"), "the only network interface must be lo: {so}");
+    assert!(so.contains(&format!("pwd={p}\n")), "{so}");
+    assert!(so.contains(&format!("workspace={p}\n")), "{so}");
+    assert!(so.contains("user=faize\n"), "{so}");
+    assert!(so.contains("mknod=refused"), "guest root must not create device nodes in the project: {so}");
+    let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    for f in ["by-user.txt", "by-root.txt", "suid"] {
+        let m = std::fs::metadata(project.join(f)).unwrap_or_else(|e| panic!("{f} missing on the host: {e}"));
+        assert_eq!((m.uid(), m.gid()), me, "{f} must be owned by the invoking user");
+    }
+    assert_eq!(std::fs::read_to_string(project.join("by-user.txt")).unwrap(), "data\n");
+    assert_eq!(
+        std::fs::metadata(project.join("suid")).unwrap().permissions().mode() & 0o7000,
+        0,
+        "setuid bit survived"
+    );
+    assert!(!project.join("devnode").exists());
+    assert!(
+        std::fs::read_dir(env.home.path().join("sessions")).unwrap().next().is_none(),
+        "a clean session leaves nothing behind"
+    );
+
+    // The next session starts from a clean root and home; its timeout fires.
+    let script = r#"test ! -e /etc/faize-marker && test ! -e "$HOME/home-marker" && echo clean; exec sleep 600"#;
+    let started = Instant::now();
+    let out = env.run(&["run", "-t", "4s", "-p", p, "--", "sh", "-c", script], b"");
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert!(so.contains("clean"), "writes outside the project must not survive a session: {so}{se}");
+    assert_eq!(out.status.code(), Some(124), "{se}");
+    assert!(se.contains("timed out after 4s"), "{se}");
+    assert!(started.elapsed() < Duration::from_secs(120));
+    let kept: Vec<_> = std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten().collect();
+    assert_eq!(kept.len(), 1, "a timed-out session keeps its logs");
+    assert!(kept[0].path().join("console.log").exists() && !kept[0].path().join("scratch.img").exists());
+
+    // A command that does not exist: 127, like a shell, with a message.
+    let out = env.run(&["run", "-p", p, "--", "no-such-command", "x"], b"");
+    assert_eq!(out.status.code(), Some(127));
+    assert!(text(&out.stderr).contains("no-such-command: command not found"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn claude_runs_in_the_agent_image() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    let out = env.run(&["run", "-p", project.path().to_str().unwrap(), "--", "claude", "--version"], b"");
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}{se}");
+    let pinned =
+        include_str!("../../../resources/claude-code.version").lines().find(|l| !l.starts_with('#')).unwrap().trim();
+    assert!(so.contains(pinned), "claude --version said {so:?}, expected {pinned}");
+}
+
+/// `faize start` on a pseudo-terminal, as a person would use it.
+struct Terminal {
+    master: std::fs::File,
+    screen: Arc<Mutex<Vec<u8>>>,
+    child: std::process::Child,
+    slave: OwnedFd,
+}
+
+nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
+
+impl Terminal {
+    fn start(env: &Env, args: &[&str]) -> Self {
+        let ws = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
+        let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        let mut cmd = env.faize();
+        cmd.args(args)
+            .env("TERM", "xterm")
+            .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
+            .stderr(Stdio::from(pty.slave.try_clone().unwrap()));
+        // SAFETY: setsid and ioctl are async-signal-safe; this runs in the child before exec.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::unistd::setsid()?;
+                if libc::ioctl(0, libc::TIOCSCTTY, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().unwrap();
+        let master = std::fs::File::from(pty.master);
+        let screen = Arc::new(Mutex::new(Vec::new()));
+        let (mut r, s) = (master.try_clone().unwrap(), screen.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                s.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+        });
+        Terminal { master, screen, child, slave: pty.slave }
+    }
+
+    fn screen(&self) -> String {
+        text(&self.screen.lock().unwrap())
+    }
+
+    fn wait_for(&self, needle: &str, limit: Duration) {
+        let start = Instant::now();
+        while !self.screen().contains(needle) {
+            assert!(start.elapsed() < limit, "waited {limit:?} for {needle:?}; screen:\n{}", self.screen());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn type_(&mut self, s: &str) {
+        self.master.write_all(s.as_bytes()).unwrap();
+    }
+
+    fn resize(&self, rows: u16, cols: u16) {
+        let ws = libc::winsize { ws_row: rows, ws_col: cols, ws_xpixel: 0, ws_ypixel: 0 };
+        // SAFETY: a valid pty master fd and a valid winsize.
+        unsafe { set_winsize(self.master.as_raw_fd(), &ws) }.unwrap();
+    }
+
+    fn wait_exit(&mut self, limit: Duration) -> i32 {
+        let start = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return s.code().unwrap_or(-1);
+            }
+            assert!(start.elapsed() < limit, "faize did not exit; screen:\n{}", self.screen());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn local_modes(&self) -> nix::sys::termios::LocalFlags {
+        nix::sys::termios::tcgetattr(&self.slave).unwrap().local_flags
+    }
+}
+
+#[test]
+fn start_gives_the_program_a_real_terminal() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    use nix::sys::termios::LocalFlags;
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path().to_str().unwrap();
+    let mut t = Terminal::start(&env, &["start", "--cpus", "1", "-p", p, "--", "bash", "--norc", "--noprofile", "-i"]);
+    let cooked = t.local_modes();
+    assert!(cooked.contains(LocalFlags::ICANON | LocalFlags::ECHO));
+
+    t.wait_for("$ ", Duration::from_secs(120));
+    assert!(!t.local_modes().contains(LocalFlags::ICANON), "the host terminal must be raw during the session");
+    t.type_("tty; stty size\r");
+    t.wait_for("30 100", Duration::from_secs(30));
+    assert!(t.screen().contains("/dev/pts/"), "the guest must see a TTY: {}", t.screen());
+
+    t.resize(40, 120);
+    std::thread::sleep(Duration::from_millis(500));
+    t.type_("stty size\r");
+    t.wait_for("40 120", Duration::from_secs(30));
+
+    t.type_("sleep 60; echo slept=$?\r");
+    std::thread::sleep(Duration::from_secs(2));
+    t.type_("\x03");
+    t.wait_for("slept=130", Duration::from_secs(30));
+
+    t.type_("exit 3\r");
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 3, "{}", t.screen());
+    assert_eq!(t.local_modes(), cooked, "the terminal must be restored");
+}
+
+#[test]
+fn tilde_dot_ends_the_session() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path().to_str().unwrap();
+    let mut t =
+        Terminal::start(&env, &["start", "--cpus", "1", "-p", p, "--", "sh", "-c", "echo started; exec sleep 600"]);
+    let cooked = t.local_modes();
+    t.wait_for("started", Duration::from_secs(120));
+    t.type_("\r~.");
+    // sleep ends on SIGTERM: 128 + 15.
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 143, "{}", t.screen());
+    assert_eq!(t.local_modes(), cooked, "the terminal must be restored");
+}
