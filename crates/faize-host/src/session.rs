@@ -135,7 +135,11 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
     let result = boot_and_run(spec, tools, images, &dirs, &mut helpers, &mut timings).await;
+    // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
     for h in helpers.iter_mut().rev() {
+        let _ = h.child.start_kill();
+    }
+    for h in helpers.iter_mut() {
         h.stop().await;
     }
     timings.mark("helpers_stopped");
@@ -353,6 +357,7 @@ async fn relay(
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut escape = EscapeFilter::default();
+    let mut stdout_open = true;
     let mut buf = vec![0u8; 128 * 1024];
 
     let timeout = tokio::time::sleep(spec.timeout.unwrap_or(Duration::from_secs(100 * 365 * 86400)));
@@ -372,13 +377,20 @@ async fn relay(
         // Every complete frame already received comes first.
         while let Some(msg) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
             match msg {
-                GuestMsg::Stdout(d) => {
-                    stdout.write_all(&d).await?;
-                    stdout.flush().await?;
+                GuestMsg::Stdout(d) if stdout_open => {
+                    if let Err(e) = write_flush(&mut stdout, &d).await {
+                        if e.kind() != std::io::ErrorKind::BrokenPipe {
+                            return Err(anyhow::Error::new(e).context("writing the program's output"));
+                        }
+                        // Our reader went away (`faize run ... | head`): the program gets SIGPIPE,
+                        // as it would in a local pipeline.
+                        stdout_open = false;
+                        let _ = to_guest.send(HostMsg::Signal(libc::SIGPIPE)).await;
+                    }
                 }
+                GuestMsg::Stdout(_) => {}
                 GuestMsg::Stderr(d) => {
-                    stderr.write_all(&d).await?;
-                    stderr.flush().await?;
+                    let _ = write_flush(&mut stderr, &d).await;
                 }
                 GuestMsg::Exit(status) => {
                     timings.mark("exit_received");
@@ -438,6 +450,11 @@ async fn relay(
             s = qemu.child.wait() => bail!("the VM stopped unexpectedly ({})", s?),
         }
     }
+}
+
+async fn write_flush(w: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) -> std::io::Result<()> {
+    w.write_all(data).await?;
+    w.flush().await
 }
 
 /// Reads the user's input on a plain thread (a blocking read must not hold up the runtime's

@@ -74,15 +74,17 @@ pub fn parse_duration(text: &str) -> Result<Option<Duration>, UnitError> {
     Ok(Some(Duration::from_secs(total)))
 }
 
-/// Formats a byte count the way sizes are accepted (`4GiB`, `512MiB`).
+/// Formats a byte count for people: the largest binary unit, whole when exact (`4GiB`,
+/// `512MiB`), else with one decimal (`449.3MiB`).
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")] {
-        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
-            return format!("{}{unit}", bytes >> shift);
+        if bytes >= 1 << shift {
+            return if bytes.is_multiple_of(1 << shift) {
+                format!("{}{unit}", bytes >> shift)
+            } else {
+                format!("{:.1}{unit}", bytes as f64 / (1u64 << shift) as f64)
+            };
         }
-    }
-    if bytes >= 1 << 20 {
-        return format!("{:.1}MiB", bytes as f64 / (1u64 << 20) as f64);
     }
     format!("{bytes}B")
 }
@@ -146,6 +148,7 @@ mod tests {
         for b in [4u64 << 30, 512 << 20, 3 << 10] {
             assert_eq!(parse_size(&format_size(b)), Ok(b));
         }
+        assert_eq!(format_size(471_150_592), "449.3MiB");
         assert_eq!(format_duration(Duration::from_secs(5400)), "1h30m");
         assert_eq!(format_duration(Duration::from_secs(0)), "0s");
     }
