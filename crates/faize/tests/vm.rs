@@ -211,10 +211,13 @@ fn start_gives_the_program_a_real_terminal() {
     t.type_("stty size\r");
     t.wait_for("40 120", Duration::from_secs(30));
 
-    t.type_("sleep 60; echo slept=$?\r");
+    t.type_("sleep 60\r");
     std::thread::sleep(Duration::from_secs(2));
+    let interrupted = Instant::now();
     t.type_("\x03");
-    t.wait_for("slept=130", Duration::from_secs(30));
+    t.type_("echo status=$?\r");
+    t.wait_for("status=130", Duration::from_secs(30));
+    assert!(interrupted.elapsed() < Duration::from_secs(30), "Ctrl+C must interrupt sleep");
 
     t.type_("exit 3\r");
     assert_eq!(t.wait_exit(Duration::from_secs(60)), 3, "{}", t.screen());
