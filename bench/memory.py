@@ -31,7 +31,8 @@ def children(pid):
 
 
 with tempfile.TemporaryDirectory() as project, tempfile.TemporaryDirectory() as home:
-    env = dict(os.environ, FAIZE_HOME=home)
+    art = os.environ.get("FAIZE_ARTIFACTS_DIR") or os.path.join(os.environ.get("FAIZE_HOME") or os.path.expanduser("~/.faize"), "artifacts")
+    env = dict(os.environ, FAIZE_HOME=home, FAIZE_ARTIFACTS_DIR=art)
     p = subprocess.Popen([faize, "run", "-p", project, "--", "sh", "-c", "echo up; sleep 20"], env=env,
                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     p.stdout.readline()  # the program runs: the VM is fully up
