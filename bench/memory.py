@@ -38,7 +38,7 @@ with tempfile.TemporaryDirectory() as project, tempfile.TemporaryDirectory() as 
     p.stdout.readline()  # the program runs: the VM is fully up
     time.sleep(2)
     rows = [(p.pid, status(p.pid))] + [(c, status(c)) for c in children(p.pid)]
-    p.kill()
+    p.terminate()  # faize stops the session and cleans up
     p.wait()
 
 print(f"{'process':<22}{'RSS':>10}{'anon':>10}{'file':>10}{'shmem':>10}   (MiB)")

@@ -24,10 +24,15 @@ pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) 
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-    // SAFETY: prctl is async-signal-safe and touches only the child.
+    // SAFETY: prctl and close_range are async-signal-safe and touch only the child.
     unsafe {
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Whatever faize inherited (a terminal, a pipe) must not reach the helper: mark every
+            // descriptor past stdio close-on-exec.
+            if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
@@ -134,7 +135,8 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let mut timings = Timings { start: Instant::now(), marks: Vec::new() };
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
-    let result = boot_and_run(spec, tools, images, &dirs, &mut helpers, &mut timings).await;
+    let mut signals = Signals::new()?;
+    let result = boot_and_run(spec, tools, images, &dirs, &mut helpers, &mut timings, &mut signals).await;
     // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
     for h in helpers.iter_mut().rev() {
         let _ = h.child.start_kill();
@@ -180,7 +182,27 @@ async fn boot_and_run(
     dirs: &Dirs,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
+    signals: &mut Signals,
 ) -> Result<Ending> {
+    let (rd, wr, frames) = tokio::select! {
+        r = boot(spec, tools, images, dirs, helpers, timings) => r?,
+        sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
+    };
+    let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
+    let ending = relay(spec, rd, wr, frames, &mut helpers[2], timings, signals).await;
+    drop(raw);
+    ending.map_err(|e| anyhow::anyhow!(crash_report(dirs, &format!("{e:#}"))))
+}
+
+/// Everything up to the program's start: scratch disk, sidecars, QEMU, handshake, setup, Exec.
+async fn boot(
+    spec: &SessionSpec,
+    tools: &Tools,
+    images: &Images,
+    dirs: &Dirs,
+    helpers: &mut Vec<Helper>,
+    timings: &mut Timings,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, FrameBuf)> {
     let scratch = dirs.session.join("scratch.img");
     make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
     timings.mark("scratch_ready");
@@ -232,13 +254,7 @@ async fn boot_and_run(
     };
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
     timings.mark("qemu_spawned");
-    let crash_report = |what: &str| {
-        format!(
-            "{what}\nQEMU said:\n{}\nthe guest console said:\n{}",
-            tail(&dirs.session.join("qemu.log"), 10),
-            tail(&dirs.session.join("console.log"), 20)
-        )
-    };
+    let crash_report = |what: &str| crash_report(dirs, what);
 
     // The agent connects as soon as its kernel is up.
     let stream = tokio::select! {
@@ -313,13 +329,42 @@ async fn boot_and_run(
     let exec = Exec { argv: spec.command.clone(), env, cwd: project, tty: tty_size };
     wr.write_all(&encode_frame(&HostMsg::Exec(exec))).await?;
     timings.mark("exec_sent");
+    Ok((rd, wr, frames))
+}
 
-    let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
-    let ending = relay(spec, rd, wr, frames, &mut helpers[2], timings).await;
-    drop(raw);
-    match ending {
-        Ok(e) => Ok(e),
-        Err(e) => Err(anyhow::anyhow!(crash_report(&format!("{e:#}")))),
+/// An error message with the tails of QEMU's and the guest console's logs.
+fn crash_report(dirs: &Dirs, what: &str) -> String {
+    format!(
+        "{what}\nQEMU said:\n{}\nthe guest console said:\n{}",
+        tail(&dirs.session.join("qemu.log"), 10),
+        tail(&dirs.session.join("console.log"), 20)
+    )
+}
+
+/// The signals that stop a session. They are caught for the session's whole life, so none of
+/// them kills faize before it has cleaned up.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn new() -> Result<Self> {
+        Ok(Self {
+            term: signal(SignalKind::terminate())?,
+            hup: signal(SignalKind::hangup())?,
+            int: signal(SignalKind::interrupt())?,
+        })
+    }
+
+    /// The next SIGTERM, SIGHUP or SIGINT.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+            _ = self.int.recv() => libc::SIGINT,
+        }
     }
 }
 
@@ -332,11 +377,12 @@ enum Input {
 /// Moves bytes between the user and the program until the program exits.
 async fn relay(
     spec: &SessionSpec,
-    mut rd: tokio::net::unix::OwnedReadHalf,
-    wr: tokio::net::unix::OwnedWriteHalf,
+    mut rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
     mut frames: FrameBuf,
     qemu: &mut Helper,
     timings: &mut Timings,
+    signals: &mut Signals,
 ) -> Result<Ending> {
     // Writes to the guest go through one task so a slow guest never stalls this loop.
     let (to_guest, mut outbox) = mpsc::channel::<HostMsg>(64);
@@ -351,9 +397,6 @@ async fn relay(
     let mut input = spawn_stdin_reader();
     let mut stdin_open = true;
     let mut winch = signal(SignalKind::window_change())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut stdout = tokio::io::stdout();
     let mut stderr = tokio::io::stderr();
     let mut escape = EscapeFilter::default();
@@ -432,9 +475,15 @@ async fn relay(
                     let _ = to_guest.send(HostMsg::Resize(size)).await;
                 }
             }
-            _ = sigint.recv() => { let _ = to_guest.send(HostMsg::Signal(libc::SIGINT)).await; }
-            _ = sigterm.recv(), if !stopping => { stopping = true; stop(STOP_GRACE, hard_stop.as_mut(), &to_guest); }
-            _ = sighup.recv(), if !stopping => { stopping = true; stop(STOP_GRACE, hard_stop.as_mut(), &to_guest); }
+            sig = signals.next() => {
+                if sig == libc::SIGINT {
+                    // Ctrl+C of a non-interactive run goes to the program, as in a local shell.
+                    let _ = to_guest.send(HostMsg::Signal(libc::SIGINT)).await;
+                } else if !stopping {
+                    stopping = true;
+                    stop(STOP_GRACE, hard_stop.as_mut(), &to_guest);
+                }
+            }
             _ = &mut timeout, if !timed_out && spec.timeout.is_some() => {
                 timed_out = true;
                 let t = crate::units::format_duration(spec.timeout.unwrap_or_default());

@@ -117,6 +117,10 @@ impl Terminal {
     fn start(env: &Env, args: &[&str]) -> Self {
         let ws = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).unwrap();
+        for fd in [&pty.master, &pty.slave] {
+            use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+            fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        }
         let mut cmd = env.faize();
         cmd.args(args)
             .env("TERM", "xterm")
@@ -184,6 +188,14 @@ impl Terminal {
 
     fn local_modes(&self) -> nix::sys::termios::LocalFlags {
         nix::sys::termios::tcgetattr(&self.slave).unwrap().local_flags
+    }
+}
+
+impl Drop for Terminal {
+    fn drop(&mut self) {
+        // A failed test must not leave a session running.
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
