@@ -7,6 +7,7 @@ set -euo pipefail
 out=$1 work=$2
 here=$(cd "$(dirname "$0")" && pwd)
 tarball=${FAIZE_KERNEL_SOURCE:-/usr/src/linux-source-6.1.tar.xz}
+echo "step: checking the kernel source"
 [ -f "$tarball" ] || { echo "kernel source $tarball not found: install the linux-source-6.1 package" >&2; exit 1; }
 
 mkdir -p "$work"

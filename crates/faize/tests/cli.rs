@@ -64,3 +64,23 @@ fn version_and_artifact_listing() {
         assert!(listing.lines().any(|l| l.starts_with(k) && l.contains("missing")), "{listing}");
     }
 }
+
+#[test]
+fn a_failed_image_build_names_the_step_and_shows_its_output() {
+    let env = Env::new();
+    let art = env.home.path().join("art");
+    let out = env
+        .faize()
+        .args(["artifacts", "build", "kernel"])
+        .env("FAIZE_ARTIFACTS_DIR", &art)
+        .env("FAIZE_KERNEL_SOURCE", "/nonexistent/linux-source.tar.xz")
+        .output()
+        .unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("building the kernel image failed at step \"checking the kernel source\""), "{err}");
+    assert!(err.contains("install the linux-source-6.1 package"), "the build's own output must be shown: {err}");
+    assert!(err.contains("full log: "), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&art).unwrap().flatten().map(|e| e.file_name()).collect();
+    assert!(!left.iter().any(|n| n.to_string_lossy().contains("vmlinux")), "no image, whole or partial: {left:?}");
+}
