@@ -25,6 +25,18 @@ const ROOTFS_PACKAGES: &str = include_str!("../../../resources/rootfs/packages.t
 const CLAUDE_VERSION_FILE: &str = include_str!("../../../resources/claude-code.version");
 const KERNEL_SOURCE: &str = "/usr/src/linux-source-6.1.tar.xz";
 
+/// A build script from `resources/` and the data file beside it, as embedded in the binary.
+struct BuildScript {
+    folder: &'static str,
+    script: &'static str,
+    data: (&'static str, &'static str),
+}
+
+const KERNEL_SCRIPT: BuildScript =
+    BuildScript { folder: "kernel", script: KERNEL_BUILD, data: ("microvm.config", KERNEL_CONFIG) };
+const ROOTFS_SCRIPT: BuildScript =
+    BuildScript { folder: "rootfs", script: ROOTFS_BUILD, data: ("packages.txt", ROOTFS_PACKAGES) };
+
 /// The pinned Claude Code version.
 pub fn claude_version() -> &'static str {
     CLAUDE_VERSION_FILE.lines().map(str::trim).find(|l| !l.is_empty() && !l.starts_with('#')).unwrap_or("")
@@ -260,33 +272,9 @@ impl Artifacts {
         progress.start(kind);
         let result = match kind {
             Kind::Initramfs => self.build_initramfs(&tmp),
-            Kind::Kernel => self.run_script(
-                kind,
-                "kernel",
-                KERNEL_BUILD,
-                &[(&"microvm.config", KERNEL_CONFIG)],
-                &tmp,
-                None,
-                progress,
-            ),
-            Kind::Rootfs => self.run_script(
-                kind,
-                "rootfs",
-                ROOTFS_BUILD,
-                &[(&"packages.txt", ROOTFS_PACKAGES)],
-                &tmp,
-                None,
-                progress,
-            ),
-            Kind::Claude => self.run_script(
-                kind,
-                "rootfs",
-                ROOTFS_BUILD,
-                &[(&"packages.txt", ROOTFS_PACKAGES)],
-                &tmp,
-                Some(claude_version()),
-                progress,
-            ),
+            Kind::Kernel => self.run_script(kind, &KERNEL_SCRIPT, None, &tmp, progress),
+            Kind::Rootfs => self.run_script(kind, &ROOTFS_SCRIPT, None, &tmp, progress),
+            Kind::Claude => self.run_script(kind, &ROOTFS_SCRIPT, Some(claude_version()), &tmp, progress),
         };
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -324,23 +312,18 @@ impl Artifacts {
     }
 
     /// Runs a build script from `resources/` and streams its "step:" lines to `progress`.
-    #[allow(clippy::too_many_arguments)]
     fn run_script(
         &self,
         kind: Kind,
-        folder: &str,
-        script: &str,
-        data: &[(&&str, &str)],
-        out: &Path,
+        script: &BuildScript,
         extra_arg: Option<&str>,
+        out: &Path,
         progress: &dyn Progress,
     ) -> Result<()> {
-        let scripts = self.cache.join("resources").join(folder);
+        let scripts = self.cache.join("resources").join(script.folder);
         fs::create_dir_all(&scripts)?;
-        fs::write(scripts.join("build.sh"), script)?;
-        for (name, text) in data {
-            fs::write(scripts.join(name), text)?;
-        }
+        fs::write(scripts.join("build.sh"), script.script)?;
+        fs::write(scripts.join(script.data.0), script.data.1)?;
         let work = self.cache.join(kind.name());
         let log_path = self.cache.join(format!("{kind}-build.log"));
         let mut log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;

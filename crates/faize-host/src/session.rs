@@ -136,7 +136,8 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
     let mut signals = Signals::new()?;
-    let result = boot_and_run(spec, tools, images, &dirs, &mut helpers, &mut timings, &mut signals).await;
+    let launch = Launch { spec, tools, images, dirs: &dirs };
+    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals).await;
     // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
     for h in helpers.iter_mut().rev() {
         let _ = h.child.start_kill();
@@ -175,17 +176,23 @@ impl Timings {
     }
 }
 
+/// What a session is started from.
+struct Launch<'a> {
+    spec: &'a SessionSpec,
+    tools: &'a Tools,
+    images: &'a Images,
+    dirs: &'a Dirs,
+}
+
 async fn boot_and_run(
-    spec: &SessionSpec,
-    tools: &Tools,
-    images: &Images,
-    dirs: &Dirs,
+    launch: &Launch<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
     signals: &mut Signals,
 ) -> Result<Ending> {
+    let (spec, dirs) = (launch.spec, launch.dirs);
     let (rd, wr, frames) = tokio::select! {
-        r = boot(spec, tools, images, dirs, helpers, timings) => r?,
+        r = boot(launch, helpers, timings) => r?,
         sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
     };
     let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
@@ -196,13 +203,11 @@ async fn boot_and_run(
 
 /// Everything up to the program's start: scratch disk, sidecars, QEMU, handshake, setup, Exec.
 async fn boot(
-    spec: &SessionSpec,
-    tools: &Tools,
-    images: &Images,
-    dirs: &Dirs,
+    launch: &Launch<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
 ) -> Result<(OwnedReadHalf, OwnedWriteHalf, FrameBuf)> {
+    let Launch { spec, tools, images, dirs } = *launch;
     let scratch = dirs.session.join("scratch.img");
     make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
     timings.mark("scratch_ready");

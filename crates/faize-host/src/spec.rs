@@ -100,13 +100,9 @@ pub fn resolve_with(
         bail!("{cpus} cpus requested but this host has {}: use --cpus {} or fewer", host.cpus, host.cpus);
     }
 
-    let memory_text = req
-        .memory
-        .clone()
-        .or_else(|| config.defaults.memory.as_ref().map(|s| s.0.clone()))
-        .unwrap_or_else(|| DEFAULT_MEMORY.into());
+    let memory_text = pick(&req.memory, &config.defaults.memory, DEFAULT_MEMORY);
     let memory = parse_size(&memory_text).context("memory")?;
-    if memory % (1 << 20) != 0 {
+    if !memory.is_multiple_of(1 << 20) {
         bail!("memory {memory_text:?} is not a whole number of MiB: use e.g. 512M or 4GiB");
     }
     let memory_mib = memory >> 20;
@@ -120,14 +116,10 @@ pub fn resolve_with(
         );
     }
 
-    let timeout_text = req
-        .timeout
-        .clone()
-        .or_else(|| config.defaults.timeout.as_ref().map(|s| s.0.clone()))
-        .unwrap_or_else(|| DEFAULT_TIMEOUT.into());
+    let timeout_text = pick(&req.timeout, &config.defaults.timeout, DEFAULT_TIMEOUT);
     let timeout = parse_duration(&timeout_text).context("timeout")?;
 
-    let scratch_text = config.vm.scratch_size.as_ref().map(|s| s.0.clone()).unwrap_or_else(|| DEFAULT_SCRATCH.into());
+    let scratch_text = pick(&None, &config.vm.scratch_size, DEFAULT_SCRATCH);
     let scratch_bytes = parse_size(&scratch_text).context("vm.scratch_size")?;
     if scratch_bytes < 64 << 20 {
         bail!("vm.scratch_size {scratch_text:?} is too small: use at least 64MiB");
@@ -182,6 +174,11 @@ pub fn resolve_with(
         interactive: req.interactive,
         notices,
     })
+}
+
+/// The flag's value, else the config's, else the default.
+fn pick(flag: &Option<String>, config: &Option<crate::config::Scalar>, default: &str) -> String {
+    flag.clone().or_else(|| config.as_ref().map(|s| s.0.clone())).unwrap_or_else(|| default.into())
 }
 
 /// 12 random hex characters.
