@@ -75,6 +75,9 @@ pub fn qemu_args(spec: &QemuSpec) -> Vec<OsString> {
     for flag in ["-nodefaults", "-no-user-config", "-no-reboot"] {
         push(flag.into());
     }
+    // QEMU's own seccomp filter: no obsolete syscalls, no privilege changes, no new processes.
+    push("-sandbox".into());
+    push("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into());
     push("-display".into());
     push("none".into());
     push("-global".into());
@@ -199,7 +202,8 @@ mod tests {
         let got = joined(&qemu_args(&spec(Accel::Tcg)));
         let want = "-M microvm,acpi=off,x-option-roms=off,isa-serial=on,rtc=on,memory-backend=mem \
             -accel tcg -cpu max -smp 2 -m 4096M -object memory-backend-memfd,id=mem,size=4096M,share=on \
-            -nodefaults -no-user-config -no-reboot -display none -global virtio-mmio.force-legacy=false \
+            -nodefaults -no-user-config -no-reboot \
+            -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -display none -global virtio-mmio.force-legacy=false \
             -kernel /a/vmlinux -initrd /a/initramfs.cpio \
             -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.protocol=1 tsc_early_khz=2596142 \
             -chardev file,id=console,path=/s/console.log -serial chardev:console \
