@@ -59,7 +59,16 @@ case "${1:-}" in
     say "running the test suite"
     # VM tests use their own FAIZE_HOME but share the images built above.
     export FAIZE_ARTIFACTS_DIR="${FAIZE_ARTIFACTS_DIR:-${FAIZE_HOME:-$HOME/.faize}/artifacts}"
-    exec cargo test --workspace --release
+    log=$(mktemp)
+    trap 'rm -f "$log"' EXIT
+    set +e
+    cargo test --workspace --release 2>&1 | tee "$log"
+    status=${PIPESTATUS[0]}
+    set -e
+    # One closing line for the whole suite (cargo prints one per test binary).
+    awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) f += $i } }
+         END { printf "\n%d passed, %d failed\n", p, f }' "$log"
+    exit "$status"
     ;;
   "") say "done: $faize start" ;;
   *) say "unknown action $1: use start or test"; exit 2 ;;
