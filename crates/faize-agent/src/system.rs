@@ -85,12 +85,29 @@ pub fn prepare(setup: &Setup) -> Result<(), String> {
         }
         mount_fs(&share.tag, &share.guest_path, "virtiofs", flags, None)?;
     }
+    for bind in &setup.binds {
+        bind_file_read_only(&bind.source, &bind.target)?;
+    }
     if setup.project != WORKSPACE_LINK {
         let _ = fs::remove_dir(WORKSPACE_LINK);
         std::os::unix::fs::symlink(&setup.project, WORKSPACE_LINK)
             .map_err(|e| format!("symlink {WORKSPACE_LINK}: {e}"))?;
     }
     create_user()
+}
+
+/// Makes one file (a copy in the read-only files share) visible read-only at `target`.
+fn bind_file_read_only(source: &str, target: &str) -> Result<(), String> {
+    if let Some(parent) = Path::new(target).parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    if !Path::new(target).exists() {
+        fs::File::create(target).map_err(|e| format!("creating mount point {target}: {e}"))?;
+    }
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .map_err(|e| format!("bind {source} on {target}: {e}"))?;
+    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| format!("read-only {target}: {e}"))
 }
 
 /// Adds the unprivileged user (passwordless sudo inside the VM, home on the writable layer).

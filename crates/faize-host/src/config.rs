@@ -108,18 +108,12 @@ impl Config {
         if self.networks.as_ref().is_some_and(|n| !n.is_empty() && n.iter().any(|r| r != "none")) {
             out.push("networks: the VM has no network access in this version (every rule acts as `none`)");
         }
-        if !self.blocked_paths.is_empty() {
-            out.push("blocked_paths: only the project is shared in this version, so there is nothing else to block");
-        }
         let c = &self.claude;
         if c.persist_credentials == Some(true) {
             out.push("claude.persist_credentials: credentials are not persisted yet");
         }
         if !c.extra_deps.is_empty() {
             out.push("claude.extra_deps: extra packages are not installed into the image yet");
-        }
-        if !c.auto_mounts.is_empty() {
-            out.push("claude.auto_mounts: extra mounts are not supported yet");
         }
         out
     }

@@ -10,6 +10,7 @@ pub mod doctor;
 pub mod fsutil;
 pub mod home;
 pub mod initramfs;
+pub mod mounts;
 pub mod process;
 pub mod session;
 pub mod spec;

@@ -7,7 +7,9 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT};
+use faize_protocol::{
+    encode_frame, Bind, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT, FILES_DIR, FILES_TAG,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
@@ -15,6 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::home::{find_program, vars, FaizeHome};
+use crate::mounts::MountKind;
 use crate::process::{self, tail, Helper};
 use crate::spec::SessionSpec;
 use crate::terminal::{window_size, EscapeFilter, RawMode};
@@ -146,7 +149,11 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         h.stop().await;
     }
     timings.mark("helpers_stopped");
-    crate::sweep::strip_special_bits(&spec.project, timings.start_system());
+    let since = timings.start_system();
+    crate::sweep::strip_special_bits(&spec.project, since);
+    for m in spec.mounts.iter().filter(|m| !m.read_only && m.kind == MountKind::Dir) {
+        crate::sweep::strip_special_bits(&m.source, since);
+    }
     let _ = std::fs::remove_dir_all(&dirs.runtime);
     let _ = std::fs::remove_file(dirs.session.join("scratch.img"));
     match &result {
@@ -196,7 +203,8 @@ async fn boot_and_run(
         sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
     };
     let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
-    let ending = relay(spec, rd, wr, frames, &mut helpers[2], timings, signals).await;
+    let qemu = helpers.last_mut().expect("boot started QEMU");
+    let ending = relay(spec, rd, wr, frames, qemu, timings, signals).await;
     drop(raw);
     ending.map_err(|e| anyhow::anyhow!(crash_report(dirs, &format!("{e:#}"))))
 }
@@ -214,34 +222,46 @@ async fn boot(
 
     let vhost_socket = dirs.runtime.join("vsock-vhost.sock");
     let uds = dirs.runtime.join("vsock");
-    let fs_socket = dirs.runtime.join("fs0.sock");
     let listener_path = PathBuf::from(format!("{}_{CONTROL_PORT}", uds.display()));
     let listener =
         UnixListener::bind(&listener_path).with_context(|| format!("listening on {}", listener_path.display()))?;
-
-    helpers.push(process::spawn(
+    let mut vsock = process::spawn(
         "vhost-device-vsock",
         &tools.vhost_vsock,
         &vmm::vhost_vsock_args(&vhost_socket, &uds),
         &dirs.session.join("vsock.log"),
-    )?);
-    let uid = nix::unistd::getuid().as_raw();
-    let gid = nix::unistd::getgid().as_raw();
-    let fs_spec = VirtiofsdSpec {
-        socket: fs_socket.clone(),
-        shared_dir: spec.project.clone(),
-        read_only: false,
-        host_uid: uid,
-        host_gid: gid,
-    };
-    helpers.push(process::spawn(
-        "virtiofsd",
-        &tools.virtiofsd,
-        &vmm::virtiofsd_args(&fs_spec),
-        &dirs.session.join("virtiofsd.log"),
-    )?);
-    helpers[0].wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
-    helpers[1].wait_for_socket(&fs_socket, Duration::from_secs(10)).await?;
+    )?;
+    vsock.wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
+    helpers.push(vsock);
+
+    let (shares, binds) = plan_shares(spec, dirs)?;
+    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    let mut fs_devices = Vec::new();
+    for share in &shares {
+        let socket = dirs.runtime.join(format!("{}.sock", share.tag));
+        let fs_spec = VirtiofsdSpec {
+            socket: socket.clone(),
+            shared_dir: share.host.clone(),
+            read_only: share.read_only,
+            host_uid: uid,
+            host_gid: gid,
+        };
+        helpers.push(process::spawn(
+            "virtiofsd",
+            &tools.virtiofsd,
+            &vmm::virtiofsd_args(&fs_spec),
+            &dirs.session.join(format!("virtiofsd-{}.log", share.tag)),
+        )?);
+        fs_devices.push(FsDevice { tag: share.tag.clone(), socket });
+    }
+    for (helper, device) in helpers[1..].iter_mut().zip(&fs_devices) {
+        helper.wait_for_socket(&device.socket, Duration::from_secs(10)).await.with_context(|| {
+            format!(
+                "sharing {}",
+                shares.iter().find(|s| s.tag == device.tag).map(|s| s.host.display().to_string()).unwrap_or_default()
+            )
+        })?;
+    }
     timings.mark("sidecars_ready");
 
     let qemu_spec = QemuSpec {
@@ -254,17 +274,18 @@ async fn boot(
         scratch_disk: scratch,
         console_log: dirs.session.join("console.log"),
         vsock_socket: vhost_socket,
-        fs: vec![FsDevice { tag: "fs0".into(), socket: fs_socket }],
+        fs: fs_devices,
         tsc_khz: spec.tsc_khz,
     };
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
     timings.mark("qemu_spawned");
+    let qemu = helpers.last_mut().expect("qemu was just added");
     let crash_report = |what: &str| crash_report(dirs, what);
 
     // The agent connects as soon as its kernel is up.
     let stream = tokio::select! {
         r = listener.accept() => r.context("accepting the guest agent's connection")?.0,
-        s = helpers[2].child.wait() => bail!(crash_report(&format!("the VM stopped before its agent started ({})", s?))),
+        s = qemu.child.wait() => bail!(crash_report(&format!("the VM stopped before its agent started ({})", s?))),
         _ = tokio::time::sleep(BOOT_LIMIT) => bail!(crash_report("the guest agent did not connect within 3 minutes")),
     };
     drop(listener);
@@ -294,7 +315,7 @@ async fn boot(
     match hello {
         Some(GuestMsg::Hello { version, .. }) if version == faize_protocol::PROTOCOL_VERSION => {}
         Some(GuestMsg::Hello { version, agent_version }) => bail!(
-            "the guest agent {agent_version} speaks protocol {version}, this faize speaks {}: rebuild the initramfs with `faize artifacts build initramfs`",
+            "the guest agent {agent_version} speaks protocol {version}, this faize speaks {}: rebuild both with ./setup.sh",
             faize_protocol::PROTOCOL_VERSION
         ),
         other => bail!(crash_report(&format!("expected the agent's hello, got {other:?}"))),
@@ -304,7 +325,11 @@ async fn boot(
         version: faize_protocol::PROTOCOL_VERSION,
         clock_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
         hostname: "faize".into(),
-        shares: vec![Share { tag: "fs0".into(), guest_path: project.clone(), read_only: false }],
+        shares: shares
+            .iter()
+            .map(|s| Share { tag: s.tag.clone(), guest_path: s.guest.clone(), read_only: s.read_only })
+            .collect(),
+        binds,
         project: project.clone(),
     };
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
@@ -539,6 +564,53 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
         }
     });
     rx
+}
+
+/// One virtio-fs share: a host folder served by its own virtiofsd.
+struct ShareSpec {
+    tag: String,
+    host: PathBuf,
+    guest: String,
+    read_only: bool,
+}
+
+/// The project, the folder mounts, and (when there are single-file mounts) a read-only folder
+/// holding copies of those files, which the agent bind-mounts at their targets.
+fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<Bind>)> {
+    let utf8 = |p: &Path| p.to_str().map(str::to_string).context("path is not UTF-8");
+    let mut shares = vec![ShareSpec {
+        tag: "fs0".into(),
+        host: spec.project.clone(),
+        guest: utf8(&spec.project)?,
+        read_only: false,
+    }];
+    let mut binds = Vec::new();
+    let files = dirs.session.join("files");
+    for (i, m) in spec.mounts.iter().enumerate() {
+        match m.kind {
+            MountKind::Dir => shares.push(ShareSpec {
+                tag: format!("fs{}", shares.len()),
+                host: m.source.clone(),
+                guest: utf8(&m.target)?,
+                read_only: m.read_only,
+            }),
+            MountKind::File => {
+                let name = m.source.file_name().context("a file mount without a file name")?;
+                let copy = files.join(i.to_string()).join(name);
+                std::fs::create_dir_all(copy.parent().expect("has a parent"))?;
+                std::fs::copy(&m.source, &copy)
+                    .with_context(|| format!("copying {} into the VM", m.source.display()))?;
+                binds.push(Bind {
+                    source: format!("{FILES_DIR}/{i}/{}", name.to_string_lossy()),
+                    target: utf8(&m.target)?,
+                });
+            }
+        }
+    }
+    if !binds.is_empty() {
+        shares.push(ShareSpec { tag: FILES_TAG.into(), host: files, guest: FILES_DIR.into(), read_only: true });
+    }
+    Ok((shares, binds))
 }
 
 /// Creates the sparse scratch disk with an empty ext4 filesystem (no journal: it is thrown away).

@@ -10,6 +10,7 @@ use crate::accel::{self, AccelChoice};
 use crate::artifacts::Kind;
 use crate::config::Config;
 use crate::home::{vars, FaizeHome};
+use crate::mounts::{self, Blocked, Mount};
 use crate::units::{format_size, parse_duration, parse_size};
 
 /// Defaults, as in the original tool's README.
@@ -29,6 +30,8 @@ pub struct Request {
     pub timeout: Option<String>,
     pub config: Option<PathBuf>,
     pub image: Option<String>,
+    /// `-m` specs, as given.
+    pub mounts: Vec<String>,
     /// Empty: run the agent (`claude`).
     pub command: Vec<String>,
     pub interactive: bool,
@@ -39,6 +42,8 @@ pub struct Request {
 pub struct SessionSpec {
     pub id: String,
     pub project: PathBuf,
+    /// Extra shares, checked; parents before children.
+    pub mounts: Vec<Mount>,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -81,7 +86,8 @@ pub fn resolve(req: &Request, home: &FaizeHome, host: &HostLimits) -> Result<Ses
         None => (home.config_file(), false),
     };
     let config = Config::load(&config_path, required)?;
-    resolve_with(req, &config, host, std::env::var(vars::ACCEL).ok().as_deref(), &accel::probe())
+    let user_home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/".into());
+    resolve_with(req, &config, host, std::env::var(vars::ACCEL).ok().as_deref(), &accel::probe(), &user_home)
 }
 
 /// The pure part of [`resolve`], for tests.
@@ -91,6 +97,7 @@ pub fn resolve_with(
     host: &HostLimits,
     accel_env: Option<&str>,
     facts: &accel::HostFacts,
+    user_home: &std::path::Path,
 ) -> Result<SessionSpec> {
     let cpus = req.cpus.or(config.defaults.cpus).unwrap_or(DEFAULT_CPUS);
     if cpus == 0 {
@@ -141,8 +148,21 @@ pub fn resolve_with(
     if project.to_str().is_none() {
         bail!("project path {} is not valid UTF-8: rename it or pick another folder", project.display());
     }
-    if project == std::path::Path::new("/") {
-        bail!("the project cannot be / : pass a project folder with -p");
+    let blocked = Blocked::new(user_home, &config.blocked_paths);
+    mounts::check_project(&project, &blocked)?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let requests = config
+        .claude
+        .auto_mounts
+        .iter()
+        .map(|m| mounts::parse(m).with_context(|| "in claude.auto_mounts of the config"))
+        .chain(req.mounts.iter().map(|m| mounts::parse(m).map_err(anyhow::Error::from)))
+        .collect::<Result<Vec<_>>>()?;
+    let mounts = mounts::resolve(&requests, &project, &blocked, user_home, &cwd)?;
+    for m in &mounts {
+        if m.source.to_str().is_none() || m.target.to_str().is_none() {
+            bail!("mount {} is not valid UTF-8: rename it or pick another folder", m.source.display());
+        }
     }
 
     let image = match req.image.as_deref() {
@@ -163,6 +183,7 @@ pub fn resolve_with(
     Ok(SessionSpec {
         id: new_id(),
         project,
+        mounts,
         cpus,
         memory_mib,
         timeout,
@@ -205,7 +226,7 @@ mod tests {
     }
 
     fn resolve(r: &Request, c: &str) -> Result<SessionSpec> {
-        resolve_with(r, &Config::parse(c).unwrap(), &host(), None, &facts())
+        resolve_with(r, &Config::parse(c).unwrap(), &host(), None, &facts(), std::path::Path::new("/nonexistent-home"))
     }
 
     #[test]
@@ -240,15 +261,16 @@ mod tests {
         assert!(e(Request { project: Some("/no/such/dir".into()), ..req() }).contains("does not exist"));
         assert!(e(Request { image: Some("alpine".into()), ..req() }).contains("unknown image"));
         let c = Config::parse("vm:\n  accel: hvf\n").unwrap();
-        assert!(resolve_with(&req(), &c, &host(), None, &facts()).is_err());
+        assert!(resolve_with(&req(), &c, &host(), None, &facts(), std::path::Path::new("/h")).is_err());
     }
 
     #[test]
     fn accel_env_beats_config() {
         let c = Config::parse("vm:\n  accel: kvm\n").unwrap();
-        let s = resolve_with(&req(), &c, &host(), Some("tcg"), &facts()).unwrap();
+        let h = std::path::Path::new("/h");
+        let s = resolve_with(&req(), &c, &host(), Some("tcg"), &facts(), h).unwrap();
         assert_eq!(s.accel.accel, accel::Accel::Tcg);
-        let s = resolve_with(&req(), &c, &host(), None, &facts()).unwrap();
+        let s = resolve_with(&req(), &c, &host(), None, &facts(), h).unwrap();
         assert_eq!(s.accel.accel, accel::Accel::Kvm);
     }
 }

@@ -20,6 +20,14 @@ pub struct Share {
     pub read_only: bool,
 }
 
+/// A single file made visible read-only: `source` is a path inside a share (faize copies such
+/// files into a read-only share at start), bind-mounted at `target`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bind {
+    pub source: String,
+    pub target: String,
+}
+
 /// Everything the agent needs to prepare the VM, sent once after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setup {
@@ -28,7 +36,10 @@ pub struct Setup {
     /// Host wall clock, nanoseconds since the Unix epoch.
     pub clock_unix_nanos: u64,
     pub hostname: String,
+    /// Mounted in this order (parents before children).
     pub shares: Vec<Share>,
+    /// Mounted after the shares.
+    pub binds: Vec<Bind>,
     /// The project's path in the guest; [`crate::WORKSPACE_LINK`] points to it.
     pub project: String,
 }
@@ -127,6 +138,11 @@ impl Wire for HostMsg {
                     put::str(out, &share.guest_path);
                     put::bool(out, share.read_only);
                 }
+                put::u32(out, s.binds.len() as u32);
+                for b in &s.binds {
+                    put::str(out, &b.source);
+                    put::str(out, &b.target);
+                }
                 put::str(out, &s.project);
             }
             HostMsg::Exec(e) => {
@@ -180,8 +196,13 @@ impl Wire for HostMsg {
                 for _ in 0..n {
                     shares.push(Share { tag: r.str()?, guest_path: r.str()?, read_only: r.bool()? });
                 }
+                let n = r.count()?;
+                let mut binds = Vec::with_capacity(n);
+                for _ in 0..n {
+                    binds.push(Bind { source: r.str()?, target: r.str()? });
+                }
                 let project = r.str()?;
-                HostMsg::Setup(Setup { version, clock_unix_nanos, hostname, shares, project })
+                HostMsg::Setup(Setup { version, clock_unix_nanos, hostname, shares, binds, project })
             }
             tag::EXEC => {
                 let n = r.count()?;
@@ -263,6 +284,7 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
             clock_unix_nanos: 1_700_000_000_123_456_789,
             hostname: "faize".into(),
             shares: vec![Share { tag: "fs0".into(), guest_path: "/home/u/my proj".into(), read_only: false }],
+            binds: vec![Bind { source: "/run/faize/files/0/notes.txt".into(), target: "/home/u/notes.txt".into() }],
             project: "/home/u/my proj".into(),
         }),
         HostMsg::Exec(Exec {

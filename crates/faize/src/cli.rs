@@ -50,6 +50,10 @@ pub struct SessionArgs {
     /// Project directory shared read-write with the VM [default: current directory]
     #[arg(short = 'p', long = "project", value_name = "DIR")]
     pub project: Option<PathBuf>,
+    /// Share a host folder or file: SRC[:DST][:ro|rw], read-only unless rw; write a ':' in a
+    /// path as \: (repeatable) [config: claude.auto_mounts]
+    #[arg(short = 'm', long = "mount", value_name = "SPEC")]
+    pub mounts: Vec<String>,
     /// Virtual CPUs [config: defaults.cpus, default: 2]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,

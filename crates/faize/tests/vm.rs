@@ -253,3 +253,72 @@ fn tilde_dot_ends_the_session() {
     assert_eq!(t.wait_exit(Duration::from_secs(60)), 143, "{}", t.screen());
     assert_eq!(t.local_modes(), cooked, "the terminal must be restored");
 }
+
+#[test]
+fn mounts_are_enforced_on_the_host_and_links_do_not_escape() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let root = tempfile::tempdir().unwrap();
+    let home = root.path().join("home");
+    let (project, ro, rw) = (root.path().join("proj"), root.path().join("ro data"), root.path().join("rw:data"));
+    for d in [&home.join(".ssh"), &project, &ro, &rw] {
+        std::fs::create_dir_all(d).unwrap();
+    }
+    std::fs::write(home.join(".ssh/id_rsa"), "HOST-SECRET").unwrap();
+    std::fs::write(ro.join("in-ro.txt"), "ro-content").unwrap();
+    std::fs::write(root.path().join("notes.txt"), "file-content").unwrap();
+    std::os::unix::fs::symlink(home.join(".ssh"), project.join("ssh-link")).unwrap();
+    let ro_spec = format!("{}:/mnt/ro", ro.display());
+    let rw_spec = format!("{}:/mnt/rw:rw", rw.display().to_string().replace(':', "\\:"));
+    let file_spec = format!("{}:/mnt/notes.txt", root.path().join("notes.txt").display());
+    let script = r#"
+        echo "ro=$(cat /mnt/ro/in-ro.txt)"
+        sudo sh -c 'echo x > /mnt/ro/new' 2>/dev/null && echo ro-write=ok || echo ro-write=refused
+        sudo mount -o remount,rw /mnt/ro 2>/dev/null; sudo sh -c 'echo x > /mnt/ro/new2' 2>/dev/null && echo ro-remount-write=ok || echo ro-remount-write=refused
+        echo hello > /mnt/rw/by-guest.txt && sudo sh -c 'echo root > /mnt/rw/by-root.txt' && echo rw-write=ok
+        echo "file=$(cat /mnt/notes.txt)"
+        sudo sh -c 'echo x >> /mnt/notes.txt' 2>/dev/null && echo file-write=ok || echo file-write=refused
+        cat ssh-link/id_rsa 2>/dev/null && echo link=leaked || echo link=contained
+    "#;
+    let out = env
+        .faize()
+        .env("HOME", &home)
+        .args(["run", "-p", project.to_str().unwrap(), "-m", &ro_spec, "-m", &rw_spec, "-m", &file_spec])
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}{se}");
+    for want in [
+        "ro=ro-content",
+        "ro-write=refused",
+        "ro-remount-write=refused",
+        "rw-write=ok",
+        "file=file-content",
+        "file-write=refused",
+        "link=contained",
+    ] {
+        assert!(so.contains(want), "expected {want}:\n{so}\n{se}");
+    }
+    assert!(!so.contains("HOST-SECRET"));
+    assert!(!ro.join("new").exists() && !ro.join("new2").exists());
+    let me = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
+    for f in ["by-guest.txt", "by-root.txt"] {
+        let m = std::fs::metadata(rw.join(f)).unwrap();
+        assert_eq!((m.uid(), m.gid()), me, "{f}");
+    }
+    assert_eq!(std::fs::read_to_string(root.path().join("notes.txt")).unwrap(), "file-content");
+
+    // A blocked mount is refused before anything starts.
+    let out = env
+        .faize()
+        .env("HOME", &home)
+        .args(["run", "-p", project.to_str().unwrap(), "-m", &home.join(".ssh").display().to_string(), "--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("inside the blocked path"), "{}", text(&out.stderr));
+}

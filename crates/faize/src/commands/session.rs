@@ -34,6 +34,7 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
         timeout: args.timeout,
         config: args.config,
         image: args.image,
+        mounts: args.mounts,
         command: args.command,
         interactive,
     };

@@ -71,7 +71,8 @@ pub fn vm_tests_enabled() -> bool {
     let env = Env::new();
     let out = env.faize().arg("artifacts").output().expect("running faize artifacts");
     let listing = text(&out.stdout);
-    let ready = ["kernel", "claude", "initramfs"]
+    // The initramfs is rebuilt in milliseconds when the agent changes; the others take minutes.
+    let ready = ["kernel", "claude"]
         .iter()
         .all(|k| listing.lines().any(|l| l.starts_with(k) && l.split_whitespace().nth(1) == Some("ready")));
     assert!(
