@@ -49,6 +49,8 @@ pub fn run(channel: &Channel, exec: Exec) -> Result<ExitStatus, String> {
         .env("SHELL", "/bin/bash")
         .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
         .env("LANG", "C.UTF-8")
+        // The project is its own mount; git must look past it for the repository's .git.
+        .env("GIT_DISCOVERY_ACROSS_FILESYSTEM", "1")
         .envs(exec.env.iter().map(|(k, v)| (k, v)))
         .current_dir(&exec.cwd)
         .uid(GUEST_UID)

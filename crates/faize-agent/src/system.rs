@@ -129,6 +129,8 @@ fn create_user() -> Result<(), String> {
         .open("/etc/sudoers.d/faize")
         .map_err(|e| format!("writing sudoers: {e}"))?;
     f.write_all(sudoers.as_bytes()).map_err(|e| format!("writing sudoers: {e}"))?;
+    // Shared files may belong to other users than the guest's; git must not refuse them.
+    fs::write("/etc/gitconfig", "[safe]\n\tdirectory = *\n").map_err(|e| format!("writing /etc/gitconfig: {e}"))?;
     fs::DirBuilder::new().recursive(true).mode(0o755).create(&home).map_err(|e| format!("mkdir {home}: {e}"))?;
     chown(&home, Some(GUEST_UID), Some(GUEST_UID)).map_err(|e| format!("chown {home}: {e}"))?;
     fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {home}: {e}"))?;

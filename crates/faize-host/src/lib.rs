@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod config;
 pub mod doctor;
 pub mod fsutil;
+pub mod git;
 pub mod home;
 pub mod initramfs;
 pub mod mounts;

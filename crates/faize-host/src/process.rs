@@ -20,13 +20,33 @@ pub struct Helper {
 /// Starts `program` with its stdout and stderr in `log`. The child gets SIGKILL if faize dies
 /// (the parent-death signal is tied to the spawning thread: faize spawns from its main thread).
 pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) -> Result<Helper> {
+    spawn_with_read_only(name, program, args, log, &[])
+}
+
+/// Like [`spawn`], but the child runs in a private mount namespace in which each of
+/// `read_only` is a read-only bind mount of itself: the host kernel refuses the child (and so
+/// the guest it serves) any write there. Needs root.
+pub fn spawn_with_read_only(
+    name: &'static str,
+    program: &Path,
+    args: &[OsString],
+    log: &Path,
+    read_only: &[PathBuf],
+) -> Result<Helper> {
+    use std::os::unix::ffi::OsStrExt;
+    let paths: Vec<std::ffi::CString> = read_only
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
+        .collect::<Result<_, _>>()
+        .context("a path with a NUL byte")?;
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err).kill_on_drop(true);
-    // SAFETY: prctl and close_range are async-signal-safe and touch only the child.
+    // SAFETY: prctl, close_range, unshare and mount are async-signal-safe system calls that touch
+    // only the child; the C strings were built before the fork.
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
@@ -34,6 +54,23 @@ pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) 
             // descriptor past stdio close-on-exec.
             if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            if !paths.is_empty() {
+                let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                check(libc::unshare(libc::CLONE_NEWNS))?;
+                let root = c"/";
+                check(libc::mount(
+                    std::ptr::null(),
+                    root.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ))?;
+                for p in &paths {
+                    check(libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
+                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                    check(libc::mount(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
+                }
             }
             Ok(())
         });

@@ -246,11 +246,12 @@ async fn boot(
             host_uid: uid,
             host_gid: gid,
         };
-        helpers.push(process::spawn(
+        helpers.push(process::spawn_with_read_only(
             "virtiofsd",
             &tools.virtiofsd,
             &vmm::virtiofsd_args(&fs_spec),
             &dirs.session.join(format!("virtiofsd-{}.log", share.tag)),
+            &share.read_only_inside,
         )?);
         fs_devices.push(FsDevice { tag: share.tag.clone(), socket });
     }
@@ -572,6 +573,8 @@ struct ShareSpec {
     host: PathBuf,
     guest: String,
     read_only: bool,
+    /// Folders below `host` that stay read-only although the share is writable.
+    read_only_inside: Vec<PathBuf>,
 }
 
 /// The project, the folder mounts, and (when there are single-file mounts) a read-only folder
@@ -583,6 +586,7 @@ fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<B
         host: spec.project.clone(),
         guest: utf8(&spec.project)?,
         read_only: false,
+        read_only_inside: Vec::new(),
     }];
     let mut binds = Vec::new();
     let files = dirs.session.join("files");
@@ -593,6 +597,7 @@ fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<B
                 host: m.source.clone(),
                 guest: utf8(&m.target)?,
                 read_only: m.read_only,
+                read_only_inside: Vec::new(),
             }),
             MountKind::File => {
                 let name = m.source.file_name().context("a file mount without a file name")?;
@@ -608,7 +613,23 @@ fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<B
         }
     }
     if !binds.is_empty() {
-        shares.push(ShareSpec { tag: FILES_TAG.into(), host: files, guest: FILES_DIR.into(), read_only: true });
+        shares.push(ShareSpec {
+            tag: FILES_TAG.into(),
+            host: files,
+            guest: FILES_DIR.into(),
+            read_only: true,
+            read_only_inside: Vec::new(),
+        });
+    }
+    // Each protected folder goes to the writable share that holds it (the deepest one).
+    for p in &spec.read_only_inside {
+        if let Some(share) = shares
+            .iter_mut()
+            .filter(|s| !s.read_only && p.starts_with(&s.host))
+            .max_by_key(|s| s.host.components().count())
+        {
+            share.read_only_inside.push(p.clone());
+        }
     }
     Ok((shares, binds))
 }

@@ -9,8 +9,9 @@ use anyhow::{bail, Context, Result};
 use crate::accel::{self, AccelChoice};
 use crate::artifacts::Kind;
 use crate::config::Config;
+use crate::git;
 use crate::home::{vars, FaizeHome};
-use crate::mounts::{self, Blocked, Mount};
+use crate::mounts::{self, Blocked, Mount, MountKind};
 use crate::units::{format_size, parse_duration, parse_size};
 
 /// Defaults, as in the original tool's README.
@@ -32,6 +33,8 @@ pub struct Request {
     pub image: Option<String>,
     /// `-m` specs, as given.
     pub mounts: Vec<String>,
+    /// `--no-git-context`.
+    pub no_git_context: bool,
     /// Empty: run the agent (`claude`).
     pub command: Vec<String>,
     pub interactive: bool,
@@ -42,8 +45,10 @@ pub struct Request {
 pub struct SessionSpec {
     pub id: String,
     pub project: PathBuf,
-    /// Extra shares, checked; parents before children.
+    /// Extra shares (the user's and git's), checked; parents before children.
     pub mounts: Vec<Mount>,
+    /// Folders inside writable shares that the host keeps read-only (`.git/hooks`).
+    pub read_only_inside: Vec<PathBuf>,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -158,7 +163,19 @@ pub fn resolve_with(
         .map(|m| mounts::parse(m).with_context(|| "in claude.auto_mounts of the config"))
         .chain(req.mounts.iter().map(|m| mounts::parse(m).map_err(anyhow::Error::from)))
         .collect::<Result<Vec<_>>>()?;
-    let mounts = mounts::resolve(&requests, &project, &blocked, user_home, &cwd)?;
+    let mut mounts = mounts::resolve(&requests, &project, &blocked, user_home, &cwd)?;
+    let mut notices = Vec::new();
+    let mut read_only_inside = Vec::new();
+    if !req.no_git_context && config.claude.git_context != Some(false) {
+        let is_root = nix::unistd::geteuid().is_root();
+        match git::detect(&project, is_root) {
+            Ok(g) => {
+                notices.extend(g.notice.clone());
+                add_git_shares(g, &mut mounts, &mut read_only_inside, &blocked, &mut notices);
+            }
+            Err(e) => notices.push(format!("no git context: {e:#}")),
+        }
+    }
     for m in &mounts {
         if m.source.to_str().is_none() || m.target.to_str().is_none() {
             bail!("mount {} is not valid UTF-8: rename it or pick another folder", m.source.display());
@@ -175,7 +192,7 @@ pub fn resolve_with(
         bail!("the rootfs image has no claude: use the default image or give a command after --");
     }
 
-    let mut notices: Vec<String> = config.not_yet_supported().into_iter().map(|s| format!("config: {s}")).collect();
+    notices.extend(config.not_yet_supported().into_iter().map(|s| format!("config: {s}")));
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
     }
@@ -184,6 +201,7 @@ pub fn resolve_with(
         id: new_id(),
         project,
         mounts,
+        read_only_inside,
         cpus,
         memory_mib,
         timeout,
@@ -195,6 +213,38 @@ pub fn resolve_with(
         interactive: req.interactive,
         notices,
     })
+}
+
+/// Adds git's folders and files as mounts at their own paths, unless a rule forbids it (then the
+/// user is told and that part is left out).
+fn add_git_shares(
+    g: git::GitShares,
+    mounts: &mut Vec<Mount>,
+    read_only_inside: &mut Vec<PathBuf>,
+    blocked: &Blocked,
+    notices: &mut Vec<String>,
+) {
+    let entries = g
+        .folders
+        .into_iter()
+        .map(|(p, rw)| (p, !rw, MountKind::Dir))
+        .chain(g.files.into_iter().map(|p| (p, true, MountKind::File)));
+    for (path, read_only, kind) in entries {
+        let problem = blocked
+            .check("the git folder", &path)
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| mounts::target_problem(&path).map(|r| format!("the git folder {} {r}", path.display())));
+        if let Some(p) = problem {
+            notices.push(format!("no git context: {p}"));
+            return;
+        }
+        if !mounts.iter().any(|m| m.target == path) {
+            mounts.push(Mount { source: path.clone(), target: path, read_only, kind });
+        }
+    }
+    read_only_inside.extend(g.read_only_inside);
+    mounts.sort_by_key(|m| m.target.components().count());
 }
 
 /// The flag's value, else the config's, else the default.

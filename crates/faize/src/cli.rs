@@ -54,6 +54,9 @@ pub struct SessionArgs {
     /// path as \: (repeatable) [config: claude.auto_mounts]
     #[arg(short = 'm', long = "mount", value_name = "SPEC")]
     pub mounts: Vec<String>,
+    /// Do not share the repository's .git when the project is inside one [config: claude.git_context]
+    #[arg(long)]
+    pub no_git_context: bool,
     /// Virtual CPUs [config: defaults.cpus, default: 2]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,

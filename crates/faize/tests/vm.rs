@@ -322,3 +322,59 @@ fn mounts_are_enforced_on_the_host_and_links_do_not_escape() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("inside the blocked path"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn git_context_at_the_root_and_in_a_subfolder() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let d = tempfile::tempdir().unwrap();
+    let repo = d.path().join("mono repo");
+    std::fs::create_dir_all(repo.join("pkg/app")).unwrap();
+    let git = |dir: &std::path::Path, args: &[&str]| {
+        let ok = std::process::Command::new("git")
+            .args(["-c", "user.name=t", "-c", "user.email=t@t", "-c", "init.defaultBranch=main"])
+            .args(args)
+            .current_dir(dir)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "git {args:?}");
+    };
+    git(&repo, &["init", "-q"]);
+    std::fs::write(repo.join("pkg/app/main.txt"), "v1\n").unwrap();
+    git(&repo, &["add", "."]);
+    git(&repo, &["commit", "-q", "-m", "first-commit"]);
+
+    // At the repository root: the agent can commit, but not plant hooks, not even as root.
+    let script = r#"
+        git log --oneline | grep -q first-commit && echo log=ok
+        echo v2 > pkg/app/main.txt && git -c user.name=a -c user.email=a@b commit -qam from-the-vm && echo commit=ok
+        sh -c 'echo evil > .git/hooks/pre-commit' 2>/dev/null && echo hook=written || echo hook=refused
+        sudo sh -c 'echo evil > .git/hooks/pre-commit' 2>/dev/null && echo roothook=written || echo roothook=refused
+    "#;
+    let out = env.run(&["run", "-p", repo.to_str().unwrap(), "--", "sh", "-c", script], b"");
+    let so = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{so}{}", text(&out.stderr));
+    for want in ["log=ok", "commit=ok", "hook=refused", "roothook=refused"] {
+        assert!(so.contains(want), "expected {want}: {so}{}", text(&out.stderr));
+    }
+    assert!(!repo.join(".git/hooks/pre-commit").exists());
+    let log = std::process::Command::new("git").args(["log", "--oneline"]).current_dir(&repo).output().unwrap();
+    assert!(text(&log.stdout).contains("from-the-vm"), "the commit must reach the host");
+
+    // In a subfolder: history is visible, the git folder is read-only.
+    let app = repo.join("pkg/app");
+    let script = r#"
+        git log --oneline | grep -q from-the-vm && echo log=ok
+        git diff --quiet HEAD && echo diff=clean
+        sudo touch "$(git rev-parse --git-dir)/planted" 2>/dev/null && echo gitdir=written || echo gitdir=refused
+    "#;
+    let out = env.run(&["run", "-p", app.to_str().unwrap(), "--", "sh", "-c", script], b"");
+    let so = text(&out.stdout);
+    for want in ["log=ok", "diff=clean", "gitdir=refused"] {
+        assert!(so.contains(want), "expected {want}: {so}{}", text(&out.stderr));
+    }
+    assert!(!repo.join(".git/planted").exists());
+}

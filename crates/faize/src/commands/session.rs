@@ -35,6 +35,7 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
         config: args.config,
         image: args.image,
         mounts: args.mounts,
+        no_git_context: args.no_git_context,
         command: args.command,
         interactive,
     };
