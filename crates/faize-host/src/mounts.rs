@@ -450,7 +450,7 @@ mod tests {
             let got = run(&w, &specs, extra);
             match (want, got) {
                 (Ok(target, ro), Result::Ok(m)) => {
-                    let last = m.iter().find(|m| specs.len() == 1 || m.target == PathBuf::from(target)).unwrap();
+                    let last = m.iter().find(|m| specs.len() == 1 || m.target == Path::new(target)).unwrap();
                     assert_eq!(last.target, PathBuf::from(target.replace('~', &h)), "{name}");
                     assert_eq!(last.read_only, ro, "{name}");
                     assert_eq!(last.kind, MountKind::Dir, "{name}");

@@ -205,7 +205,7 @@ mod tests {
             -nodefaults -no-user-config -no-reboot \
             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -display none -global virtio-mmio.force-legacy=false \
             -kernel /a/vmlinux -initrd /a/initramfs.cpio \
-            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.protocol=1 tsc_early_khz=2596142 \
+            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.protocol=PROTO tsc_early_khz=2596142 \
             -chardev file,id=console,path=/s/console.log -serial chardev:console \
             -drive id=root,file=/a/claude,,1.erofs,format=raw,if=none,readonly=on \
             -device virtio-blk-device,drive=root,serial=faize-root \
@@ -213,6 +213,7 @@ mod tests {
             -device virtio-blk-device,drive=scratch,serial=faize-scratch -device virtio-rng-device \
             -chardev socket,id=vsock,path=/r/vsock-vhost.sock -device vhost-user-vsock-device,chardev=vsock \
             -chardev socket,id=fs0,path=/r/fs0.sock -device vhost-user-fs-device,chardev=fs0,tag=fs0";
+        let want = want.replace("PROTO", &faize_protocol::PROTOCOL_VERSION.to_string());
         assert_eq!(got, want.split_whitespace().collect::<Vec<_>>().join(" "));
     }
 
