@@ -10,7 +10,8 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use faize_protocol::{
-    Exec, ExitStatus, GuestMsg, HostMsg, WinSize, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, GUEST_UID, GUEST_USER, MAX_CHUNK,
+    Exec, ExitStatus, GuestMsg, HostMsg, WinSize, EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, GUEST_PATH, GUEST_UID, GUEST_USER,
+    MAX_CHUNK,
 };
 use nix::sys::signal::{killpg, Signal};
 use nix::sys::wait::{waitpid, WaitStatus};
@@ -47,7 +48,7 @@ pub fn run(channel: &Channel, exec: Exec) -> Result<ExitStatus, String> {
         .env("USER", GUEST_USER)
         .env("LOGNAME", GUEST_USER)
         .env("SHELL", "/bin/bash")
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+        .env("PATH", GUEST_PATH)
         .env("LANG", "C.UTF-8")
         // The project is its own mount; git must look past it for the repository's .git.
         .env("GIT_DISCOVERY_ACROSS_FILESYSTEM", "1")

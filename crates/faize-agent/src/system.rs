@@ -93,7 +93,31 @@ pub fn prepare(setup: &Setup) -> Result<(), String> {
         std::os::unix::fs::symlink(&setup.project, WORKSPACE_LINK)
             .map_err(|e| format!("symlink {WORKSPACE_LINK}: {e}"))?;
     }
-    create_user()
+    create_user()?;
+    for w in &setup.writes {
+        write_file(&w.path, &w.data, w.mode)?;
+    }
+    Ok(())
+}
+
+/// Writes one file from the host; under the user's home it belongs to the user.
+fn write_file(path: &str, data: &[u8], mode: u32) -> Result<(), String> {
+    let p = Path::new(path);
+    if let Some(parent) = p.parent() {
+        fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+    }
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(p)
+        .map_err(|e| format!("writing {path}: {e}"))?;
+    f.write_all(data).map_err(|e| format!("writing {path}: {e}"))?;
+    if p.starts_with(format!("/home/{GUEST_USER}")) {
+        chown(p, Some(GUEST_UID), Some(GUEST_UID)).map_err(|e| format!("chown {path}: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Makes one file (a copy in the read-only files share) visible read-only at `target`.

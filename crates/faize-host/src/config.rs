@@ -109,9 +109,6 @@ impl Config {
             out.push("networks: the VM has no network access in this version (every rule acts as `none`)");
         }
         let c = &self.claude;
-        if c.persist_credentials == Some(true) {
-            out.push("claude.persist_credentials: credentials are not persisted yet");
-        }
         if !c.extra_deps.is_empty() {
             out.push("claude.extra_deps: extra packages are not installed into the image yet");
         }

@@ -4,6 +4,7 @@
 //! talks to the guest agent and relays the terminal until the program exits.
 
 pub mod accel;
+pub mod agent_config;
 pub mod artifacts;
 pub mod config;
 pub mod doctor;

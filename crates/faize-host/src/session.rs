@@ -8,7 +8,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
 use faize_protocol::{
-    encode_frame, Bind, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT, FILES_DIR, FILES_TAG,
+    encode_frame, Bind, Exec, ExitStatus, FileWrite, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT,
+    FILES_DIR, FILES_TAG, GUEST_PATH, GUEST_USER, TOOLCHAIN_DIR,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -16,10 +17,11 @@ use tokio::net::UnixListener;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
+use crate::agent_config;
 use crate::home::{find_program, vars, FaizeHome};
 use crate::mounts::MountKind;
 use crate::process::{self, tail, Helper};
-use crate::spec::SessionSpec;
+use crate::spec::{credentials_dir, SessionSpec};
 use crate::terminal::{window_size, EscapeFilter, RawMode};
 use crate::vmm::{self, FsDevice, QemuSpec, VirtiofsdSpec};
 
@@ -139,7 +141,7 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
     let mut signals = Signals::new()?;
-    let launch = Launch { spec, tools, images, dirs: &dirs };
+    let launch = Launch { spec, tools, images, dirs: &dirs, home };
     let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals).await;
     // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
     for h in helpers.iter_mut().rev() {
@@ -153,6 +155,20 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     crate::sweep::strip_special_bits(&spec.project, since);
     for m in spec.mounts.iter().filter(|m| !m.read_only && m.kind == MountKind::Dir) {
         crate::sweep::strip_special_bits(&m.source, since);
+    }
+    crate::sweep::strip_special_bits(&home.root.join("toolchain"), since);
+    // The agent's configuration: credentials are kept if asked, whatever ended the session.
+    let staged = dirs.session.join(AGENT_CONFIG_DIR);
+    if staged.exists() {
+        if spec.persist_credentials {
+            let store = agent_config::stored_credentials(&credentials_dir(&home.root));
+            match agent_config::save_credentials(&staged, &store) {
+                Ok(true) => eprintln!("faize: saved the agent's credentials to {}", store.display()),
+                Ok(false) => {}
+                Err(e) => eprintln!("faize: could not save the agent's credentials: {e:#}"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&staged);
     }
     let _ = std::fs::remove_dir_all(&dirs.runtime);
     let _ = std::fs::remove_file(dirs.session.join("scratch.img"));
@@ -189,6 +205,7 @@ struct Launch<'a> {
     tools: &'a Tools,
     images: &'a Images,
     dirs: &'a Dirs,
+    home: &'a FaizeHome,
 }
 
 async fn boot_and_run(
@@ -215,7 +232,7 @@ async fn boot(
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
 ) -> Result<(OwnedReadHalf, OwnedWriteHalf, FrameBuf)> {
-    let Launch { spec, tools, images, dirs } = *launch;
+    let Launch { spec, tools, images, dirs, home } = *launch;
     let scratch = dirs.session.join("scratch.img");
     make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
     timings.mark("scratch_ready");
@@ -234,7 +251,8 @@ async fn boot(
     vsock.wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
     helpers.push(vsock);
 
-    let (shares, binds) = plan_shares(spec, dirs)?;
+    let (internal, writes) = agent_files(spec, home, dirs)?;
+    let (shares, binds) = plan_shares(spec, dirs, internal)?;
     let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
     let mut fs_devices = Vec::new();
     for share in &shares {
@@ -331,6 +349,7 @@ async fn boot(
             .map(|s| Share { tag: s.tag.clone(), guest_path: s.guest.clone(), read_only: s.read_only })
             .collect(),
         binds,
+        writes,
         project: project.clone(),
     };
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
@@ -350,6 +369,7 @@ async fn boot(
         None
     };
     let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
+    env.extend(toolchain_env());
     if spec.interactive {
         for key in ["TERM", "COLORTERM"] {
             if let Ok(v) = std::env::var(key) {
@@ -567,6 +587,58 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
     rx
 }
 
+/// Folder of the session that holds the agent's configuration while it runs.
+const AGENT_CONFIG_DIR: &str = "claude";
+
+/// The shares and files faize itself provides: the toolchain folder and, in the agent image,
+/// the agent's configuration (staged from the host's `~/.claude`).
+fn agent_files(spec: &SessionSpec, home: &FaizeHome, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<FileWrite>)> {
+    let internal = |host: PathBuf, guest: &str| ShareSpec {
+        tag: String::new(),
+        host,
+        guest: guest.into(),
+        read_only: false,
+        read_only_inside: Vec::new(),
+    };
+    let toolchain = home.root.join("toolchain");
+    for sub in ["bin", "npm-cache", "pip-cache"] {
+        std::fs::create_dir_all(toolchain.join(sub)).with_context(|| format!("creating {}", toolchain.display()))?;
+    }
+    let mut shares = vec![internal(toolchain, TOOLCHAIN_DIR)];
+    let mut writes = Vec::new();
+    if spec.image == crate::artifacts::Kind::Claude {
+        let store = agent_config::stored_credentials(&credentials_dir(&home.root));
+        let seed = if spec.persist_credentials && store.is_file() {
+            store
+        } else {
+            spec.user_home.join(".claude").join(agent_config::CREDENTIALS_FILE)
+        };
+        let staged =
+            agent_config::stage(&spec.user_home, &dirs.session.join(AGENT_CONFIG_DIR), &spec.blocked, Some(&seed))?;
+        for s in &staged.skipped {
+            eprintln!("faize: left out of the agent's configuration: {s}");
+        }
+        let guest_home = format!("/home/{GUEST_USER}");
+        shares.push(internal(staged.dir, &format!("{guest_home}/.claude")));
+        writes.push(FileWrite { path: format!("{guest_home}/.claude.json"), data: staged.claude_json, mode: 0o600 });
+    }
+    Ok((shares, writes))
+}
+
+/// Environment that points installs and caches into the shared toolchain folder.
+fn toolchain_env() -> Vec<(String, String)> {
+    [
+        ("PATH", format!("{TOOLCHAIN_DIR}/bin:{GUEST_PATH}")),
+        ("NPM_CONFIG_PREFIX", TOOLCHAIN_DIR.to_string()),
+        ("NPM_CONFIG_CACHE", format!("{TOOLCHAIN_DIR}/npm-cache")),
+        ("PIP_CACHE_DIR", format!("{TOOLCHAIN_DIR}/pip-cache")),
+        ("PYTHONUSERBASE", TOOLCHAIN_DIR.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
 /// One virtio-fs share: a host folder served by its own virtiofsd.
 struct ShareSpec {
     tag: String,
@@ -579,7 +651,7 @@ struct ShareSpec {
 
 /// The project, the folder mounts, and (when there are single-file mounts) a read-only folder
 /// holding copies of those files, which the agent bind-mounts at their targets.
-fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<Bind>)> {
+fn plan_shares(spec: &SessionSpec, dirs: &Dirs, internal: Vec<ShareSpec>) -> Result<(Vec<ShareSpec>, Vec<Bind>)> {
     let utf8 = |p: &Path| p.to_str().map(str::to_string).context("path is not UTF-8");
     let mut shares = vec![ShareSpec {
         tag: "fs0".into(),
@@ -588,6 +660,10 @@ fn plan_shares(spec: &SessionSpec, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<B
         read_only: false,
         read_only_inside: Vec::new(),
     }];
+    for mut share in internal {
+        share.tag = format!("fs{}", shares.len());
+        shares.push(share);
+    }
     let mut binds = Vec::new();
     let files = dirs.session.join("files");
     for (i, m) in spec.mounts.iter().enumerate() {

@@ -35,6 +35,8 @@ pub struct Request {
     pub mounts: Vec<String>,
     /// `--no-git-context`.
     pub no_git_context: bool,
+    /// `--persist-credentials`.
+    pub persist_credentials: bool,
     /// Empty: run the agent (`claude`).
     pub command: Vec<String>,
     pub interactive: bool,
@@ -49,6 +51,12 @@ pub struct SessionSpec {
     pub mounts: Vec<Mount>,
     /// Folders inside writable shares that the host keeps read-only (`.git/hooks`).
     pub read_only_inside: Vec<PathBuf>,
+    /// The invoking user's home (the agent's configuration is built from its `~/.claude`).
+    pub user_home: PathBuf,
+    /// Save the agent's credentials when the session ends, and start from them next time.
+    pub persist_credentials: bool,
+    /// The blocked paths (built-in and configured), for everything faize copies in.
+    pub blocked: Blocked,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -92,18 +100,30 @@ pub fn resolve(req: &Request, home: &FaizeHome, host: &HostLimits) -> Result<Ses
     };
     let config = Config::load(&config_path, required)?;
     let user_home = std::env::var_os("HOME").filter(|h| !h.is_empty()).map(PathBuf::from).unwrap_or_else(|| "/".into());
-    resolve_with(req, &config, host, std::env::var(vars::ACCEL).ok().as_deref(), &accel::probe(), &user_home)
+    let ctx = HostContext {
+        limits: host.clone(),
+        accel_env: std::env::var(vars::ACCEL).ok(),
+        facts: accel::probe(),
+        user_home,
+        faize_root: home.root.clone(),
+    };
+    resolve_with(req, &config, &ctx)
 }
 
-/// The pure part of [`resolve`], for tests.
-pub fn resolve_with(
-    req: &Request,
-    config: &Config,
-    host: &HostLimits,
-    accel_env: Option<&str>,
-    facts: &accel::HostFacts,
-    user_home: &std::path::Path,
-) -> Result<SessionSpec> {
+/// What the resolution reads from the host, gathered in one place so tests can set it.
+#[derive(Debug, Clone)]
+pub struct HostContext {
+    pub limits: HostLimits,
+    pub accel_env: Option<String>,
+    pub facts: accel::HostFacts,
+    pub user_home: PathBuf,
+    /// `~/.faize`: its credentials folder is never shared.
+    pub faize_root: PathBuf,
+}
+
+/// The part of [`resolve`] that tests can drive.
+pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result<SessionSpec> {
+    let (host, facts, user_home) = (&ctx.limits, &ctx.facts, ctx.user_home.as_path());
     let cpus = req.cpus.or(config.defaults.cpus).unwrap_or(DEFAULT_CPUS);
     if cpus == 0 {
         bail!("cpus must be at least 1");
@@ -137,7 +157,7 @@ pub fn resolve_with(
         bail!("vm.scratch_size {scratch_text:?} is too small: use at least 64MiB");
     }
 
-    let forced = accel_env.filter(|s| !s.is_empty()).or(config.vm.accel.as_deref());
+    let forced = ctx.accel_env.as_deref().filter(|s| !s.is_empty()).or(config.vm.accel.as_deref());
     let accel = accel::choose(forced, facts).map_err(anyhow::Error::msg)?;
 
     let project = match &req.project {
@@ -153,7 +173,9 @@ pub fn resolve_with(
     if project.to_str().is_none() {
         bail!("project path {} is not valid UTF-8: rename it or pick another folder", project.display());
     }
-    let blocked = Blocked::new(user_home, &config.blocked_paths);
+    let mut blocked_extra = config.blocked_paths.clone();
+    blocked_extra.push(credentials_dir(&ctx.faize_root).display().to_string());
+    let blocked = Blocked::new(user_home, &blocked_extra);
     mounts::check_project(&project, &blocked)?;
     let cwd = std::env::current_dir().context("reading the current directory")?;
     let requests = config
@@ -202,6 +224,9 @@ pub fn resolve_with(
         project,
         mounts,
         read_only_inside,
+        user_home: user_home.to_path_buf(),
+        persist_credentials: req.persist_credentials || config.claude.persist_credentials == Some(true),
+        blocked,
         cpus,
         memory_mib,
         timeout,
@@ -213,6 +238,11 @@ pub fn resolve_with(
         interactive: req.interactive,
         notices,
     })
+}
+
+/// Where persisted credentials live; never shared with a VM.
+pub fn credentials_dir(faize_root: &std::path::Path) -> PathBuf {
+    faize_root.join("credentials")
 }
 
 /// Adds git's folders and files as mounts at their own paths, unless a rule forbids it (then the
@@ -275,8 +305,18 @@ mod tests {
         Request { project: Some(std::env::temp_dir()), ..Default::default() }
     }
 
+    fn ctx(accel_env: Option<&str>) -> HostContext {
+        HostContext {
+            limits: host(),
+            accel_env: accel_env.map(str::to_string),
+            facts: facts(),
+            user_home: "/nonexistent-home".into(),
+            faize_root: "/nonexistent-home/.faize".into(),
+        }
+    }
+
     fn resolve(r: &Request, c: &str) -> Result<SessionSpec> {
-        resolve_with(r, &Config::parse(c).unwrap(), &host(), None, &facts(), std::path::Path::new("/nonexistent-home"))
+        resolve_with(r, &Config::parse(c).unwrap(), &ctx(None))
     }
 
     #[test]
@@ -311,16 +351,15 @@ mod tests {
         assert!(e(Request { project: Some("/no/such/dir".into()), ..req() }).contains("does not exist"));
         assert!(e(Request { image: Some("alpine".into()), ..req() }).contains("unknown image"));
         let c = Config::parse("vm:\n  accel: hvf\n").unwrap();
-        assert!(resolve_with(&req(), &c, &host(), None, &facts(), std::path::Path::new("/h")).is_err());
+        assert!(resolve_with(&req(), &c, &ctx(None)).is_err());
     }
 
     #[test]
     fn accel_env_beats_config() {
         let c = Config::parse("vm:\n  accel: kvm\n").unwrap();
-        let h = std::path::Path::new("/h");
-        let s = resolve_with(&req(), &c, &host(), Some("tcg"), &facts(), h).unwrap();
+        let s = resolve_with(&req(), &c, &ctx(Some("tcg"))).unwrap();
         assert_eq!(s.accel.accel, accel::Accel::Tcg);
-        let s = resolve_with(&req(), &c, &host(), None, &facts(), h).unwrap();
+        let s = resolve_with(&req(), &c, &ctx(None)).unwrap();
         assert_eq!(s.accel.accel, accel::Accel::Kvm);
     }
 }

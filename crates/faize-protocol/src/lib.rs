@@ -26,7 +26,7 @@ pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf};
 pub use messages::*;
 
 /// Version of this protocol; both sides must speak exactly the same one.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest frame accepted in either direction (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -60,6 +60,12 @@ pub const GUEST_USER: &str = "faize";
 
 /// User and group id of [`GUEST_USER`]; virtiofsd maps them to the invoking host user.
 pub const GUEST_UID: u32 = 1000;
+
+/// The guest's PATH. The host's toolchain folder comes first when it is shared.
+pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Where `~/.faize/toolchain` is shared, read-write.
+pub const TOOLCHAIN_DIR: &str = "/opt/toolchain";
 
 /// Where the agent mounts the read-only share of single files copied in at start.
 pub const FILES_DIR: &str = "/run/faize/files";

@@ -28,6 +28,15 @@ pub struct Bind {
     pub target: String,
 }
 
+/// A small file the agent writes into the guest (after creating the user); files under the
+/// guest user's home are owned by that user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileWrite {
+    pub path: String,
+    pub data: Vec<u8>,
+    pub mode: u32,
+}
+
 /// Everything the agent needs to prepare the VM, sent once after the handshake.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Setup {
@@ -40,6 +49,8 @@ pub struct Setup {
     pub shares: Vec<Share>,
     /// Mounted after the shares.
     pub binds: Vec<Bind>,
+    /// Written last.
+    pub writes: Vec<FileWrite>,
     /// The project's path in the guest; [`crate::WORKSPACE_LINK`] points to it.
     pub project: String,
 }
@@ -143,6 +154,12 @@ impl Wire for HostMsg {
                     put::str(out, &b.source);
                     put::str(out, &b.target);
                 }
+                put::u32(out, s.writes.len() as u32);
+                for w in &s.writes {
+                    put::str(out, &w.path);
+                    put::bytes(out, &w.data);
+                    put::u32(out, w.mode);
+                }
                 put::str(out, &s.project);
             }
             HostMsg::Exec(e) => {
@@ -201,8 +218,13 @@ impl Wire for HostMsg {
                 for _ in 0..n {
                     binds.push(Bind { source: r.str()?, target: r.str()? });
                 }
+                let n = r.count()?;
+                let mut writes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    writes.push(FileWrite { path: r.str()?, data: r.bytes()?, mode: r.u32()? });
+                }
                 let project = r.str()?;
-                HostMsg::Setup(Setup { version, clock_unix_nanos, hostname, shares, binds, project })
+                HostMsg::Setup(Setup { version, clock_unix_nanos, hostname, shares, binds, writes, project })
             }
             tag::EXEC => {
                 let n = r.count()?;
@@ -285,6 +307,7 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
             hostname: "faize".into(),
             shares: vec![Share { tag: "fs0".into(), guest_path: "/home/u/my proj".into(), read_only: false }],
             binds: vec![Bind { source: "/run/faize/files/0/notes.txt".into(), target: "/home/u/notes.txt".into() }],
+            writes: vec![FileWrite { path: "/home/faize/.claude.json".into(), data: b"{}".to_vec(), mode: 0o600 }],
             project: "/home/u/my proj".into(),
         }),
         HostMsg::Exec(Exec {

@@ -57,6 +57,10 @@ pub struct SessionArgs {
     /// Do not share the repository's .git when the project is inside one [config: claude.git_context]
     #[arg(long)]
     pub no_git_context: bool,
+    /// Keep the agent's credentials (a login, a token refresh) for the next session, in
+    /// ~/.faize/credentials [config: claude.persist_credentials]
+    #[arg(long)]
+    pub persist_credentials: bool,
     /// Virtual CPUs [config: defaults.cpus, default: 2]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,

@@ -378,3 +378,75 @@ fn git_context_at_the_root_and_in_a_subfolder() {
     }
     assert!(!repo.join(".git/planted").exists());
 }
+
+#[test]
+fn agent_config_toolchain_and_credentials_across_sessions() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let home = tempfile::tempdir().unwrap();
+    let project = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(home.path().join(".claude/commands")).unwrap();
+    std::fs::write(home.path().join(".claude/settings.json"), r#"{"model":"from-host"}"#).unwrap();
+    std::fs::write(home.path().join(".claude/commands/review.md"), "review it").unwrap();
+    std::fs::write(home.path().join(".claude.json"), r#"{"theme":"light-host","projects":{"/x":{}}}"#).unwrap();
+    let p = project.path().to_str().unwrap();
+    let run = |extra: &[&str], script: &str| {
+        let out = env
+            .faize()
+            .env("HOME", home.path())
+            .args(["run", "-p", p])
+            .args(extra)
+            .args(["--", "sh", "-c", script])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        (out.status.code(), text(&out.stdout), text(&out.stderr))
+    };
+    let stored = env.home.path().join("credentials/claude.credentials.json");
+
+    // A login inside a session that then times out is kept with persistence on...
+    let (code, _, se) =
+        run(&["--persist-credentials", "-t", "4s"], "echo TOKEN-A > ~/.claude/.credentials.json; exec sleep 600");
+    assert_eq!(code, Some(124), "{se}");
+    assert_eq!(std::fs::read_to_string(&stored).unwrap_or_default().trim(), "TOKEN-A", "{se}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&stored).unwrap().permissions().mode() & 0o777, 0o600);
+
+    // ...and discarded with it off.
+    let (code, so, se) = run(
+        &["-t", "4s"],
+        "cat ~/.claude/.credentials.json 2>/dev/null; echo TOKEN-B > ~/.claude/.credentials.json; exec sleep 600",
+    );
+    assert_eq!(code, Some(124), "{se}");
+    assert!(!so.contains("TOKEN-A"), "without persistence the stored credentials are not used");
+    assert_eq!(std::fs::read_to_string(&stored).unwrap().trim(), "TOKEN-A");
+
+    // The next session with persistence starts from them, configured from the host's ~/.claude,
+    // with the toolchain folder shared and on PATH.
+    let script = r#"
+        echo "creds=$(cat ~/.claude/.credentials.json)"
+        echo "settings=$(cat ~/.claude/settings.json)"
+        echo "command=$(cat ~/.claude/commands/review.md)"
+        grep -q light-host ~/.claude.json && echo json=ok
+        grep -q '"/x"' ~/.claude.json && echo json=leaks-history
+        touch ~/.claude/session-state && echo state=writable
+        echo 'echo tool-ran' > /opt/toolchain/bin/mytool && chmod +x /opt/toolchain/bin/mytool && mytool
+    "#;
+    let (code, so, se) = run(&["--persist-credentials"], script);
+    assert_eq!(code, Some(0), "{so}{se}");
+    for want in [
+        "creds=TOKEN-A",
+        "settings={\"model\":\"from-host\"}",
+        "command=review it",
+        "json=ok",
+        "state=writable",
+        "tool-ran",
+    ] {
+        assert!(so.contains(want), "expected {want}:\n{so}\n{se}");
+    }
+    assert!(!so.contains("leaks-history"));
+    assert!(env.home.path().join("toolchain/bin/mytool").exists(), "the toolchain folder is shared");
+    assert!(!home.path().join(".claude/session-state").exists(), "the host's ~/.claude is never written");
+}

@@ -36,6 +36,7 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
         image: args.image,
         mounts: args.mounts,
         no_git_context: args.no_git_context,
+        persist_credentials: args.persist_credentials,
         command: args.command,
         interactive,
     };
