@@ -85,8 +85,8 @@ pub fn prepare(setup: &Setup) -> Result<(), String> {
         }
         mount_fs(&share.tag, &share.guest_path, "virtiofs", flags, None)?;
     }
-    for bind in &setup.binds {
-        bind_file_read_only(&bind.source, &bind.target)?;
+    for b in &setup.binds {
+        bind(&b.source, &b.target, b.read_only)?;
     }
     if setup.project != WORKSPACE_LINK {
         let _ = fs::remove_dir(WORKSPACE_LINK);
@@ -120,18 +120,27 @@ fn write_file(path: &str, data: &[u8], mode: u32) -> Result<(), String> {
     Ok(())
 }
 
-/// Makes one file (a copy in the read-only files share) visible read-only at `target`.
-fn bind_file_read_only(source: &str, target: &str) -> Result<(), String> {
-    if let Some(parent) = Path::new(target).parent() {
-        fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+/// Makes a folder or file of a share visible at `target`.
+fn bind(source: &str, target: &str, read_only: bool) -> Result<(), String> {
+    let is_dir = Path::new(source).is_dir();
+    if is_dir {
+        fs::create_dir_all(target).map_err(|e| format!("mkdir {target}: {e}"))?;
+    } else {
+        if let Some(parent) = Path::new(target).parent() {
+            fs::create_dir_all(parent).map_err(|e| format!("mkdir {}: {e}", parent.display()))?;
+        }
+        if !Path::new(target).exists() {
+            fs::File::create(target).map_err(|e| format!("creating mount point {target}: {e}"))?;
+        }
     }
-    if !Path::new(target).exists() {
-        fs::File::create(target).map_err(|e| format!("creating mount point {target}: {e}"))?;
-    }
-    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+    let rec = if is_dir { MsFlags::MS_REC } else { MsFlags::empty() };
+    mount(Some(source), target, None::<&str>, MsFlags::MS_BIND | rec, None::<&str>)
         .map_err(|e| format!("bind {source} on {target}: {e}"))?;
-    let ro = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(None::<&str>, target, None::<&str>, ro, None::<&str>).map_err(|e| format!("read-only {target}: {e}"))
+    let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    if read_only {
+        flags |= MsFlags::MS_RDONLY;
+    }
+    mount(None::<&str>, target, None::<&str>, flags, None::<&str>).map_err(|e| format!("remount {target}: {e}"))
 }
 
 /// Adds the unprivileged user (passwordless sudo inside the VM, home on the writable layer).

@@ -15,6 +15,7 @@ pub mod initramfs;
 pub mod mounts;
 pub mod process;
 pub mod session;
+pub mod shares;
 pub mod spec;
 pub mod sweep;
 pub mod terminal;

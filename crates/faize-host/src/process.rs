@@ -20,25 +20,34 @@ pub struct Helper {
 /// Starts `program` with its stdout and stderr in `log`. The child gets SIGKILL if faize dies
 /// (the parent-death signal is tied to the spawning thread: faize spawns from its main thread).
 pub fn spawn(name: &'static str, program: &Path, args: &[OsString], log: &Path) -> Result<Helper> {
-    spawn_with_read_only(name, program, args, log, &[])
+    spawn_with_binds(name, program, args, log, &[])
 }
 
-/// Like [`spawn`], but the child runs in a private mount namespace in which each of
-/// `read_only` is a read-only bind mount of itself: the host kernel refuses the child (and so
-/// the guest it serves) any write there. Needs root.
-pub fn spawn_with_read_only(
+/// A bind mount made in a helper's private mount namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NsBind {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    /// Read-only for the helper: the host kernel refuses it (and the guest it serves) any write.
+    pub read_only: bool,
+    /// Carry the mounts below `source` along (read-only binds never do, so nothing below them
+    /// stays writable).
+    pub recursive: bool,
+}
+
+/// Like [`spawn`], but the child first enters a private mount namespace and makes `binds`, in
+/// order. Nothing changes in faize's own namespace. Needs root (CAP_SYS_ADMIN).
+pub fn spawn_with_binds(
     name: &'static str,
     program: &Path,
     args: &[OsString],
     log: &Path,
-    read_only: &[PathBuf],
+    binds: &[NsBind],
 ) -> Result<Helper> {
     use std::os::unix::ffi::OsStrExt;
-    let paths: Vec<std::ffi::CString> = read_only
-        .iter()
-        .map(|p| std::ffi::CString::new(p.as_os_str().as_bytes()))
-        .collect::<Result<_, _>>()
-        .context("a path with a NUL byte")?;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).context("a path with a NUL byte");
+    let binds: Vec<(std::ffi::CString, std::ffi::CString, bool, bool)> =
+        binds.iter().map(|b| Ok((c(&b.source)?, c(&b.target)?, b.read_only, b.recursive))).collect::<Result<_>>()?;
     let out = File::create(log).with_context(|| format!("creating {}", log.display()))?;
     let err = out.try_clone()?;
     let mut cmd = Command::new(program);
@@ -55,21 +64,19 @@ pub fn spawn_with_read_only(
             if libc::syscall(libc::SYS_close_range, 3u32, u32::MAX, libc::CLOSE_RANGE_CLOEXEC) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            if !paths.is_empty() {
+            if !binds.is_empty() {
                 let check = |rc: libc::c_int| if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) };
+                let null = std::ptr::null::<libc::c_char>();
                 check(libc::unshare(libc::CLONE_NEWNS))?;
-                let root = c"/";
-                check(libc::mount(
-                    std::ptr::null(),
-                    root.as_ptr(),
-                    std::ptr::null(),
-                    libc::MS_REC | libc::MS_PRIVATE,
-                    std::ptr::null(),
-                ))?;
-                for p in &paths {
-                    check(libc::mount(p.as_ptr(), p.as_ptr(), std::ptr::null(), libc::MS_BIND, std::ptr::null()))?;
-                    let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
-                    check(libc::mount(std::ptr::null(), p.as_ptr(), std::ptr::null(), flags, std::ptr::null()))?;
+                check(libc::mount(null, c"/".as_ptr(), null, libc::MS_REC | libc::MS_PRIVATE, std::ptr::null()))?;
+                for (source, target, read_only, recursive) in &binds {
+                    let rec = if *recursive && !*read_only { libc::MS_REC } else { 0 };
+                    check(libc::mount(source.as_ptr(), target.as_ptr(), null, libc::MS_BIND | rec, std::ptr::null()))?;
+                    if *read_only {
+                        let flags =
+                            libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV;
+                        check(libc::mount(null, target.as_ptr(), null, flags, std::ptr::null()))?;
+                    }
                 }
             }
             Ok(())

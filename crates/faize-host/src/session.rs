@@ -7,10 +7,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use faize_protocol::{
-    encode_frame, Bind, Exec, ExitStatus, FileWrite, FrameBuf, GuestMsg, HostMsg, Setup, Share, CONTROL_PORT,
-    FILES_DIR, FILES_TAG, GUEST_PATH, GUEST_USER, TOOLCHAIN_DIR,
-};
+use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, CONTROL_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::UnixListener;
@@ -21,9 +18,10 @@ use crate::agent_config;
 use crate::home::{find_program, vars, FaizeHome};
 use crate::mounts::MountKind;
 use crate::process::{self, tail, Helper};
+use crate::shares;
 use crate::spec::{credentials_dir, SessionSpec};
 use crate::terminal::{window_size, EscapeFilter, RawMode};
-use crate::vmm::{self, FsDevice, QemuSpec, VirtiofsdSpec};
+use crate::vmm::{self, QemuSpec};
 
 /// Exit codes of faize itself (a program's own exit code is passed through unchanged).
 pub mod exit_code {
@@ -158,7 +156,7 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     }
     crate::sweep::strip_special_bits(&home.root.join("toolchain"), since);
     // The agent's configuration: credentials are kept if asked, whatever ended the session.
-    let staged = dirs.session.join(AGENT_CONFIG_DIR);
+    let staged = dirs.session.join(shares::AGENT_CONFIG_DIR);
     if staged.exists() {
         if spec.persist_credentials {
             let store = agent_config::stored_credentials(&credentials_dir(&home.root));
@@ -251,36 +249,8 @@ async fn boot(
     vsock.wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
     helpers.push(vsock);
 
-    let (internal, writes) = agent_files(spec, home, dirs)?;
-    let (shares, binds) = plan_shares(spec, dirs, internal)?;
-    let (uid, gid) = (nix::unistd::getuid().as_raw(), nix::unistd::getgid().as_raw());
-    let mut fs_devices = Vec::new();
-    for share in &shares {
-        let socket = dirs.runtime.join(format!("{}.sock", share.tag));
-        let fs_spec = VirtiofsdSpec {
-            socket: socket.clone(),
-            shared_dir: share.host.clone(),
-            read_only: share.read_only,
-            host_uid: uid,
-            host_gid: gid,
-        };
-        helpers.push(process::spawn_with_read_only(
-            "virtiofsd",
-            &tools.virtiofsd,
-            &vmm::virtiofsd_args(&fs_spec),
-            &dirs.session.join(format!("virtiofsd-{}.log", share.tag)),
-            &share.read_only_inside,
-        )?);
-        fs_devices.push(FsDevice { tag: share.tag.clone(), socket });
-    }
-    for (helper, device) in helpers[1..].iter_mut().zip(&fs_devices) {
-        helper.wait_for_socket(&device.socket, Duration::from_secs(10)).await.with_context(|| {
-            format!(
-                "sharing {}",
-                shares.iter().find(|s| s.tag == device.tag).map(|s| s.host.display().to_string()).unwrap_or_default()
-            )
-        })?;
-    }
+    let plan = shares::plan(spec, home, &dirs.session)?;
+    let started = shares::start(&plan, &tools.virtiofsd, &dirs.runtime, &dirs.session, helpers).await?;
     timings.mark("sidecars_ready");
 
     let qemu_spec = QemuSpec {
@@ -293,7 +263,7 @@ async fn boot(
         scratch_disk: scratch,
         console_log: dirs.session.join("console.log"),
         vsock_socket: vhost_socket,
-        fs: fs_devices,
+        fs: started.devices,
         tsc_khz: spec.tsc_khz,
     };
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
@@ -344,12 +314,9 @@ async fn boot(
         version: faize_protocol::PROTOCOL_VERSION,
         clock_unix_nanos: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0),
         hostname: "faize".into(),
-        shares: shares
-            .iter()
-            .map(|s| Share { tag: s.tag.clone(), guest_path: s.guest.clone(), read_only: s.read_only })
-            .collect(),
-        binds,
-        writes,
+        shares: started.shares,
+        binds: started.binds,
+        writes: plan.writes,
         project: project.clone(),
     };
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
@@ -369,7 +336,7 @@ async fn boot(
         None
     };
     let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
-    env.extend(toolchain_env());
+    env.extend(shares::toolchain_env());
     if spec.interactive {
         for key in ["TERM", "COLORTERM"] {
             if let Ok(v) = std::env::var(key) {
@@ -585,129 +552,6 @@ fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
         }
     });
     rx
-}
-
-/// Folder of the session that holds the agent's configuration while it runs.
-const AGENT_CONFIG_DIR: &str = "claude";
-
-/// The shares and files faize itself provides: the toolchain folder and, in the agent image,
-/// the agent's configuration (staged from the host's `~/.claude`).
-fn agent_files(spec: &SessionSpec, home: &FaizeHome, dirs: &Dirs) -> Result<(Vec<ShareSpec>, Vec<FileWrite>)> {
-    let internal = |host: PathBuf, guest: &str| ShareSpec {
-        tag: String::new(),
-        host,
-        guest: guest.into(),
-        read_only: false,
-        read_only_inside: Vec::new(),
-    };
-    let toolchain = home.root.join("toolchain");
-    for sub in ["bin", "npm-cache", "pip-cache"] {
-        std::fs::create_dir_all(toolchain.join(sub)).with_context(|| format!("creating {}", toolchain.display()))?;
-    }
-    let mut shares = vec![internal(toolchain, TOOLCHAIN_DIR)];
-    let mut writes = Vec::new();
-    if spec.image == crate::artifacts::Kind::Claude {
-        let store = agent_config::stored_credentials(&credentials_dir(&home.root));
-        let seed = if spec.persist_credentials && store.is_file() {
-            store
-        } else {
-            spec.user_home.join(".claude").join(agent_config::CREDENTIALS_FILE)
-        };
-        let staged =
-            agent_config::stage(&spec.user_home, &dirs.session.join(AGENT_CONFIG_DIR), &spec.blocked, Some(&seed))?;
-        for s in &staged.skipped {
-            eprintln!("faize: left out of the agent's configuration: {s}");
-        }
-        let guest_home = format!("/home/{GUEST_USER}");
-        shares.push(internal(staged.dir, &format!("{guest_home}/.claude")));
-        writes.push(FileWrite { path: format!("{guest_home}/.claude.json"), data: staged.claude_json, mode: 0o600 });
-    }
-    Ok((shares, writes))
-}
-
-/// Environment that points installs and caches into the shared toolchain folder.
-fn toolchain_env() -> Vec<(String, String)> {
-    [
-        ("PATH", format!("{TOOLCHAIN_DIR}/bin:{GUEST_PATH}")),
-        ("NPM_CONFIG_PREFIX", TOOLCHAIN_DIR.to_string()),
-        ("NPM_CONFIG_CACHE", format!("{TOOLCHAIN_DIR}/npm-cache")),
-        ("PIP_CACHE_DIR", format!("{TOOLCHAIN_DIR}/pip-cache")),
-        ("PYTHONUSERBASE", TOOLCHAIN_DIR.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect()
-}
-
-/// One virtio-fs share: a host folder served by its own virtiofsd.
-struct ShareSpec {
-    tag: String,
-    host: PathBuf,
-    guest: String,
-    read_only: bool,
-    /// Folders below `host` that stay read-only although the share is writable.
-    read_only_inside: Vec<PathBuf>,
-}
-
-/// The project, the folder mounts, and (when there are single-file mounts) a read-only folder
-/// holding copies of those files, which the agent bind-mounts at their targets.
-fn plan_shares(spec: &SessionSpec, dirs: &Dirs, internal: Vec<ShareSpec>) -> Result<(Vec<ShareSpec>, Vec<Bind>)> {
-    let utf8 = |p: &Path| p.to_str().map(str::to_string).context("path is not UTF-8");
-    let mut shares = vec![ShareSpec {
-        tag: "fs0".into(),
-        host: spec.project.clone(),
-        guest: utf8(&spec.project)?,
-        read_only: false,
-        read_only_inside: Vec::new(),
-    }];
-    for mut share in internal {
-        share.tag = format!("fs{}", shares.len());
-        shares.push(share);
-    }
-    let mut binds = Vec::new();
-    let files = dirs.session.join("files");
-    for (i, m) in spec.mounts.iter().enumerate() {
-        match m.kind {
-            MountKind::Dir => shares.push(ShareSpec {
-                tag: format!("fs{}", shares.len()),
-                host: m.source.clone(),
-                guest: utf8(&m.target)?,
-                read_only: m.read_only,
-                read_only_inside: Vec::new(),
-            }),
-            MountKind::File => {
-                let name = m.source.file_name().context("a file mount without a file name")?;
-                let copy = files.join(i.to_string()).join(name);
-                std::fs::create_dir_all(copy.parent().expect("has a parent"))?;
-                std::fs::copy(&m.source, &copy)
-                    .with_context(|| format!("copying {} into the VM", m.source.display()))?;
-                binds.push(Bind {
-                    source: format!("{FILES_DIR}/{i}/{}", name.to_string_lossy()),
-                    target: utf8(&m.target)?,
-                });
-            }
-        }
-    }
-    if !binds.is_empty() {
-        shares.push(ShareSpec {
-            tag: FILES_TAG.into(),
-            host: files,
-            guest: FILES_DIR.into(),
-            read_only: true,
-            read_only_inside: Vec::new(),
-        });
-    }
-    // Each protected folder goes to the writable share that holds it (the deepest one).
-    for p in &spec.read_only_inside {
-        if let Some(share) = shares
-            .iter_mut()
-            .filter(|s| !s.read_only && p.starts_with(&s.host))
-            .max_by_key(|s| s.host.components().count())
-        {
-            share.read_only_inside.push(p.clone());
-        }
-    }
-    Ok((shares, binds))
 }
 
 /// Creates the sparse scratch disk with an empty ext4 filesystem (no journal: it is thrown away).

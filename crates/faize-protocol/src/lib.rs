@@ -26,7 +26,7 @@ pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf};
 pub use messages::*;
 
 /// Version of this protocol; both sides must speak exactly the same one.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest frame accepted in either direction (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -67,11 +67,9 @@ pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:
 /// Where `~/.faize/toolchain` is shared, read-write.
 pub const TOOLCHAIN_DIR: &str = "/opt/toolchain";
 
-/// Where the agent mounts the read-only share of single files copied in at start.
-pub const FILES_DIR: &str = "/run/faize/files";
-
-/// virtio-fs tag of that share.
-pub const FILES_TAG: &str = "files";
+/// Where the agent mounts the virtio-fs shares; each shared folder is a numbered folder below
+/// it, bind-mounted at its target.
+pub const SHARES_DIR: &str = "/run/faize/shares";
 
 /// Exit code the agent reports when the program could not be found.
 pub const EXIT_NOT_FOUND: i32 = 127;

@@ -20,12 +20,13 @@ pub struct Share {
     pub read_only: bool,
 }
 
-/// A single file made visible read-only: `source` is a path inside a share (faize copies such
-/// files into a read-only share at start), bind-mounted at `target`.
+/// A folder or file inside a share, bind-mounted at `target` (read-only in the guest when
+/// `read_only`; the host enforces it too).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bind {
     pub source: String,
     pub target: String,
+    pub read_only: bool,
 }
 
 /// A small file the agent writes into the guest (after creating the user); files under the
@@ -153,6 +154,7 @@ impl Wire for HostMsg {
                 for b in &s.binds {
                     put::str(out, &b.source);
                     put::str(out, &b.target);
+                    put::bool(out, b.read_only);
                 }
                 put::u32(out, s.writes.len() as u32);
                 for w in &s.writes {
@@ -216,7 +218,7 @@ impl Wire for HostMsg {
                 let n = r.count()?;
                 let mut binds = Vec::with_capacity(n);
                 for _ in 0..n {
-                    binds.push(Bind { source: r.str()?, target: r.str()? });
+                    binds.push(Bind { source: r.str()?, target: r.str()?, read_only: r.bool()? });
                 }
                 let n = r.count()?;
                 let mut writes = Vec::with_capacity(n);
@@ -305,8 +307,12 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
             version: crate::PROTOCOL_VERSION,
             clock_unix_nanos: 1_700_000_000_123_456_789,
             hostname: "faize".into(),
-            shares: vec![Share { tag: "fs0".into(), guest_path: "/home/u/my proj".into(), read_only: false }],
-            binds: vec![Bind { source: "/run/faize/files/0/notes.txt".into(), target: "/home/u/notes.txt".into() }],
+            shares: vec![Share { tag: "fs0".into(), guest_path: "/run/faize/shares".into(), read_only: false }],
+            binds: vec![Bind {
+                source: "/run/faize/shares/0".into(),
+                target: "/home/u/my proj".into(),
+                read_only: false,
+            }],
             writes: vec![FileWrite { path: "/home/faize/.claude.json".into(), data: b"{}".to_vec(), mode: 0o600 }],
             project: "/home/u/my proj".into(),
         }),
