@@ -6,6 +6,7 @@
 pub mod accel;
 pub mod agent_config;
 pub mod artifacts;
+pub mod changes;
 pub mod config;
 pub mod doctor;
 pub mod fsutil;

@@ -15,6 +15,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::agent_config;
+use crate::changes::{self, ShareChanges, Snapshot};
 use crate::home::{find_program, vars, FaizeHome};
 use crate::mounts::MountKind;
 use crate::process::{self, tail, Helper};
@@ -139,8 +140,15 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
     let mut signals = Signals::new()?;
+    // The change summary's baseline is taken while the VM boots; the guest sees the shares only
+    // after it is complete.
+    let roots = writable_roots(spec);
+    let mut baseline = Baseline::Pending(spec.show_diff.then(|| {
+        let roots = roots.clone();
+        tokio::task::spawn_blocking(move || roots.iter().map(|r| Snapshot::take(r)).collect())
+    }));
     let launch = Launch { spec, tools, images, dirs: &dirs, home };
-    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals).await;
+    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals, &mut baseline).await;
     // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
     for h in helpers.iter_mut().rev() {
         let _ = h.child.start_kill();
@@ -150,33 +158,33 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     }
     timings.mark("helpers_stopped");
     let since = timings.start_system();
-    crate::sweep::strip_special_bits(&spec.project, since);
-    for m in spec.mounts.iter().filter(|m| !m.read_only && m.kind == MountKind::Dir) {
-        crate::sweep::strip_special_bits(&m.source, since);
+    for root in &roots {
+        crate::sweep::strip_special_bits(root, since);
     }
     crate::sweep::strip_special_bits(&home.root.join("toolchain"), since);
-    // The agent's configuration: credentials are kept if asked, whatever ended the session.
-    let staged = dirs.session.join(shares::AGENT_CONFIG_DIR);
-    if staged.exists() {
-        if spec.persist_credentials {
-            let store = agent_config::stored_credentials(&credentials_dir(&home.root));
-            match agent_config::save_credentials(&staged, &store) {
-                Ok(true) => eprintln!("faize: saved the agent's credentials to {}", store.display()),
-                Ok(false) => {}
-                Err(e) => eprintln!("faize: could not save the agent's credentials: {e:#}"),
-            }
+    save_agent_credentials(spec, home, &dirs.session);
+    if let Baseline::Taken(before) = baseline {
+        let changes: Vec<ShareChanges> =
+            roots.iter().zip(&before).map(|(root, b)| changes::diff(root, b, &Snapshot::take(root))).collect();
+        eprint!("{}", changes::render(&changes).lines().map(|l| format!("faize: {l}\n")).collect::<String>());
+        if let Err(e) = changes::save(&dirs.session, &spec.id, &changes) {
+            eprintln!("faize: could not save the change summary: {e:#}");
         }
-        let _ = std::fs::remove_dir_all(&staged);
+        timings.mark("changes_listed");
     }
     let _ = std::fs::remove_dir_all(&dirs.runtime);
-    let _ = std::fs::remove_file(dirs.session.join("scratch.img"));
-    match &result {
-        // Nothing to keep after a normal end; the logs stay when something went wrong.
-        Ok(Ending::Exited(_)) => {
-            let _ = std::fs::remove_dir_all(&dirs.session);
+    // A normal end keeps only the change summary (for `faize diff`); after a failure or a
+    // timeout, the logs stay too.
+    let keep_logs = !matches!(result, Ok(Ending::Exited(_)));
+    for entry in std::fs::read_dir(&dirs.session).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let log = name.to_string_lossy().ends_with(".log");
+        if name != changes::FILE && !(keep_logs && log) {
+            let p = entry.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
-        Ok(Ending::TimedOut) | Err(_) => {}
     }
+    let _ = std::fs::remove_dir(&dirs.session); // only if empty
     timings.mark("done");
     timings.report();
     match result {
@@ -184,6 +192,50 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         Ok(Ending::TimedOut) => Ok(exit_code::TIMEOUT),
         Err(e) => Err(e.context(format!("session {} failed; its logs are in {}", spec.id, dirs.session.display()))),
     }
+}
+
+/// The change summary's starting point.
+enum Baseline {
+    Pending(Option<tokio::task::JoinHandle<Vec<Snapshot>>>),
+    Taken(Vec<Snapshot>),
+}
+
+impl Baseline {
+    /// Waits for the snapshot (before the guest may touch the shares).
+    async fn complete(&mut self) -> Result<()> {
+        if let Baseline::Pending(task) = self {
+            if let Some(task) = task.take() {
+                *self = Baseline::Taken(task.await.context("taking the change summary's baseline")?);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Host folders the guest can write to that belong to the user (the project, `rw` mounts and
+/// git folders), for the change summary and the setuid sweep.
+fn writable_roots(spec: &SessionSpec) -> Vec<PathBuf> {
+    std::iter::once(spec.project.clone())
+        .chain(spec.mounts.iter().filter(|m| !m.read_only && m.kind == MountKind::Dir).map(|m| m.source.clone()))
+        .collect()
+}
+
+/// Keeps the agent's credentials if asked (whatever ended the session) and removes the staged
+/// configuration.
+fn save_agent_credentials(spec: &SessionSpec, home: &FaizeHome, session: &Path) {
+    let staged = session.join(shares::AGENT_CONFIG_DIR);
+    if !staged.exists() {
+        return;
+    }
+    if spec.persist_credentials {
+        let store = agent_config::stored_credentials(&credentials_dir(&home.root));
+        match agent_config::save_credentials(&staged, &store) {
+            Ok(true) => eprintln!("faize: saved the agent's credentials to {}", store.display()),
+            Ok(false) => {}
+            Err(e) => eprintln!("faize: could not save the agent's credentials: {e:#}"),
+        }
+    }
+    let _ = std::fs::remove_dir_all(&staged);
 }
 
 enum Ending {
@@ -211,10 +263,11 @@ async fn boot_and_run(
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
     signals: &mut Signals,
+    baseline: &mut Baseline,
 ) -> Result<Ending> {
     let (spec, dirs) = (launch.spec, launch.dirs);
     let (rd, wr, frames) = tokio::select! {
-        r = boot(launch, helpers, timings) => r?,
+        r = boot(launch, helpers, timings, baseline) => r?,
         sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
     };
     let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
@@ -229,6 +282,7 @@ async fn boot(
     launch: &Launch<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
+    baseline: &mut Baseline,
 ) -> Result<(OwnedReadHalf, OwnedWriteHalf, FrameBuf)> {
     let Launch { spec, tools, images, dirs, home } = *launch;
     let scratch = dirs.session.join("scratch.img");
@@ -319,6 +373,7 @@ async fn boot(
         writes: plan.writes,
         project: project.clone(),
     };
+    baseline.complete().await?;
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
     match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
         .await

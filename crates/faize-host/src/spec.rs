@@ -37,6 +37,8 @@ pub struct Request {
     pub no_git_context: bool,
     /// `--persist-credentials`.
     pub persist_credentials: bool,
+    /// `--no-diff`.
+    pub no_diff: bool,
     /// Empty: run the agent (`claude`).
     pub command: Vec<String>,
     pub interactive: bool,
@@ -57,6 +59,8 @@ pub struct SessionSpec {
     pub persist_credentials: bool,
     /// The blocked paths (built-in and configured), for everything faize copies in.
     pub blocked: Blocked,
+    /// Print (and keep) the summary of changes to the writable shares at the end.
+    pub show_diff: bool,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -227,6 +231,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         user_home: user_home.to_path_buf(),
         persist_credentials: req.persist_credentials || config.claude.persist_credentials == Some(true),
         blocked,
+        show_diff: !req.no_diff && config.claude.show_diff != Some(false),
         cpus,
         memory_mib,
         timeout,

@@ -29,6 +29,15 @@ pub enum Command {
     },
     /// Check the prerequisites and say how to fix what is missing
     Doctor,
+    /// Show the changes a session made to the shared folders (the latest session by default)
+    Diff {
+        /// Session id (a unique prefix is enough)
+        id: Option<String>,
+        /// Print JSON: {"session": ID, "shares": [{"root": PATH, "changes": [{"kind": "created"|
+        /// "modified"|"deleted", "path", "size", "files"?, "flag"?}]}]}
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -61,6 +70,9 @@ pub struct SessionArgs {
     /// ~/.faize/credentials [config: claude.persist_credentials]
     #[arg(long)]
     pub persist_credentials: bool,
+    /// Do not list the changes made to the shared folders at the end [config: claude.show_diff]
+    #[arg(long)]
+    pub no_diff: bool,
     /// Virtual CPUs [config: defaults.cpus, default: 2]
     #[arg(long, value_name = "N")]
     pub cpus: Option<u32>,

@@ -64,10 +64,12 @@ fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
         "setuid bit survived"
     );
     assert!(!project.join("devnode").exists());
-    assert!(
-        std::fs::read_dir(env.home.path().join("sessions")).unwrap().next().is_none(),
-        "a clean session leaves nothing behind"
-    );
+    // A clean session leaves nothing behind but its change summary.
+    for session in std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten() {
+        let left: Vec<_> = std::fs::read_dir(session.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("changes.json")], "left behind: {left:?}");
+    }
+    assert!(se.contains("created   by-user.txt"), "the change summary lists new files: {se}");
 
     // The next session starts from a clean root and home; its timeout fires.
     let script = r#"test ! -e /etc/faize-marker && test ! -e "$HOME/home-marker" && echo clean; exec sleep 600"#;
@@ -78,9 +80,13 @@ fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
     assert_eq!(out.status.code(), Some(124), "{se}");
     assert!(se.contains("timed out after 4s"), "{se}");
     assert!(started.elapsed() < Duration::from_secs(120));
-    let kept: Vec<_> = std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten().collect();
+    let kept: Vec<_> = std::fs::read_dir(env.home.path().join("sessions"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("console.log").exists())
+        .collect();
     assert_eq!(kept.len(), 1, "a timed-out session keeps its logs");
-    assert!(kept[0].path().join("console.log").exists() && !kept[0].path().join("scratch.img").exists());
+    assert!(!kept[0].path().join("scratch.img").exists(), "but not its scratch disk");
 
     // A command that does not exist: 127, like a shell, with a message.
     let out = env.run(&["run", "-p", p, "--", "no-such-command", "x"], b"");
@@ -348,8 +354,12 @@ fn git_context_at_the_root_and_in_a_subfolder() {
     git(&repo, &["commit", "-q", "-m", "first-commit"]);
 
     // At the repository root: the agent can commit, but not plant hooks, not even as root.
+    std::fs::write(repo.join("gone.txt"), "bye").unwrap();
+    std::fs::write(repo.join("edit.txt"), "one").unwrap();
     let script = r#"
         git log --oneline | grep -q first-commit && echo log=ok
+        rm gone.txt; echo two >> edit.txt; echo new > new.txt
+        git config core.fsmonitor 'echo planted'
         echo v2 > pkg/app/main.txt && git -c user.name=a -c user.email=a@b commit -qam from-the-vm && echo commit=ok
         sh -c 'echo evil > .git/hooks/pre-commit' 2>/dev/null && echo hook=written || echo hook=refused
         sudo sh -c 'echo evil > .git/hooks/pre-commit' 2>/dev/null && echo roothook=written || echo roothook=refused
@@ -361,6 +371,19 @@ fn git_context_at_the_root_and_in_a_subfolder() {
         assert!(so.contains(want), "expected {want}: {so}{}", text(&out.stderr));
     }
     assert!(!repo.join(".git/hooks/pre-commit").exists());
+    // The change summary: created, modified, deleted, and the .git/config edit flagged first.
+    let se = text(&out.stderr);
+    let flagged =
+        se.find("! modified  .git/config").unwrap_or_else(|| panic!("the .git/config edit must be flagged: {se}"));
+    for line in ["created   new.txt", "modified  edit.txt", "deleted   gone.txt"] {
+        let at = se.find(line).unwrap_or_else(|| panic!("{line} missing: {se}"));
+        assert!(flagged < at, "flagged changes come first: {se}");
+    }
+    let json = env.faize().args(["diff", "--json"]).output().unwrap();
+    let saved: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let changes = saved["shares"][0]["changes"].as_array().unwrap();
+    assert!(changes.iter().any(|c| c["path"] == ".git/config" && c["kind"] == "modified" && c["flag"].is_string()));
+    assert!(changes.iter().any(|c| c["path"] == "gone.txt" && c["kind"] == "deleted"));
     let log = std::process::Command::new("git").args(["log", "--oneline"]).current_dir(&repo).output().unwrap();
     assert!(text(&log.stdout).contains("from-the-vm"), "the commit must reach the host");
 

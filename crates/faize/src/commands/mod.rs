@@ -1,6 +1,7 @@
 //! One module per command; each takes parsed arguments and returns faize's exit code.
 
 mod artifacts;
+mod diff;
 mod doctor;
 mod session;
 
@@ -14,5 +15,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Run(args) => session::run(args),
         Command::Artifacts { action } => artifacts::run(action),
         Command::Doctor => doctor::run(),
+        Command::Diff { id, json } => diff::run(id.as_deref(), json),
     }
 }

@@ -37,6 +37,7 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
         mounts: args.mounts,
         no_git_context: args.no_git_context,
         persist_credentials: args.persist_credentials,
+        no_diff: args.no_diff,
         command: args.command,
         interactive,
     };
