@@ -145,14 +145,21 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let roots = writable_roots(spec);
     let mut baseline = Baseline::Pending(spec.show_diff.then(|| {
         let roots = roots.clone();
-        tokio::task::spawn_blocking(move || roots.iter().map(|r| Snapshot::take(r)).collect())
+        tokio::task::spawn_blocking(move || {
+            let started = Instant::now();
+            let snapshots = roots.iter().map(|r| Snapshot::take(r)).collect();
+            (snapshots, started.elapsed())
+        })
     }));
     let launch = Launch { spec, tools, images, dirs: &dirs, home };
     let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals, &mut baseline).await;
-    // QEMU first (it holds the sidecars' sockets), all at once, then reap them.
+    // All at once, QEMU first (it holds the sidecars' sockets). The sidecars are reaped now (no
+    // write reaches the shares after this); QEMU, which takes longest to release guest memory,
+    // is reaped at the very end.
     for h in helpers.iter_mut().rev() {
         let _ = h.child.start_kill();
     }
+    let qemu = helpers.pop_if(|h| h.name == "qemu");
     for h in helpers.iter_mut() {
         h.stop().await;
     }
@@ -163,13 +170,16 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     }
     crate::sweep::strip_special_bits(&home.root.join("toolchain"), since);
     save_agent_credentials(spec, home, &dirs.session);
-    if let Baseline::Taken(before) = baseline {
+    if let Baseline::Taken(before, took) = baseline {
+        timings.marks.push(("baseline_walk", took));
+        let diff_started = Instant::now();
         let changes: Vec<ShareChanges> =
             roots.iter().zip(&before).map(|(root, b)| changes::diff(root, b, &Snapshot::take(root))).collect();
         eprint!("{}", changes::render(&changes).lines().map(|l| format!("faize: {l}\n")).collect::<String>());
         if let Err(e) = changes::save(&dirs.session, &spec.id, &changes) {
             eprintln!("faize: could not save the change summary: {e:#}");
         }
+        timings.marks.push(("diff_walk", diff_started.elapsed()));
         timings.mark("changes_listed");
     }
     let _ = std::fs::remove_dir_all(&dirs.runtime);
@@ -185,6 +195,9 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         }
     }
     let _ = std::fs::remove_dir(&dirs.session); // only if empty
+    if let Some(mut qemu) = qemu {
+        qemu.stop().await;
+    }
     timings.mark("done");
     timings.report();
     match result {
@@ -196,8 +209,9 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
 
 /// The change summary's starting point.
 enum Baseline {
-    Pending(Option<tokio::task::JoinHandle<Vec<Snapshot>>>),
-    Taken(Vec<Snapshot>),
+    Pending(Option<tokio::task::JoinHandle<(Vec<Snapshot>, Duration)>>),
+    /// The snapshots and how long taking them took.
+    Taken(Vec<Snapshot>, Duration),
 }
 
 impl Baseline {
@@ -205,7 +219,8 @@ impl Baseline {
     async fn complete(&mut self) -> Result<()> {
         if let Baseline::Pending(task) = self {
             if let Some(task) = task.take() {
-                *self = Baseline::Taken(task.await.context("taking the change summary's baseline")?);
+                let (snapshots, took) = task.await.context("taking the change summary's baseline")?;
+                *self = Baseline::Taken(snapshots, took);
             }
         }
         Ok(())

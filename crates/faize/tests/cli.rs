@@ -84,3 +84,58 @@ fn a_failed_image_build_names_the_step_and_shows_its_output() {
     let left: Vec<_> = std::fs::read_dir(&art).unwrap().flatten().map(|e| e.file_name()).collect();
     assert!(!left.iter().any(|n| n.to_string_lossy().contains("vmlinux")), "no image, whole or partial: {left:?}");
 }
+
+#[test]
+fn bad_mounts_and_blocked_paths_are_refused_before_any_vm_starts() {
+    let env = Env::new();
+    let home = tempfile::tempdir().unwrap();
+    let h = home.path();
+    std::fs::create_dir_all(h.join(".ssh")).unwrap();
+    std::fs::create_dir_all(h.join("proj")).unwrap();
+    std::fs::write(h.join("notes.txt"), "n").unwrap();
+    let run = |args: &[&str]| {
+        let out = env
+            .faize()
+            .env("HOME", h)
+            .args(["run", "-p", h.join("proj").to_str().unwrap()])
+            .args(args)
+            .args(["--", "true"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(125), "{args:?}");
+        assert!(!env.home.path().join("sessions").exists(), "{args:?} started a session");
+        text(&out.stderr)
+    };
+    let ssh = h.join(".ssh").display().to_string();
+    assert!(run(&["-m", &ssh]).contains("inside the blocked path"));
+    assert!(run(&["-m", "~"]).contains("contains the blocked path"));
+    assert!(run(&["-m", "/"]).contains("contains the blocked path"));
+    assert!(run(&["-m", "~/nope"]).contains("does not exist"));
+    assert!(run(&["-m", "~/proj:relative"]).contains("is not absolute"));
+    assert!(run(&["-m", "~/proj:/etc"]).contains("system folder /etc"));
+    assert!(run(&["-m", "~/proj:/mnt/../usr"]).contains("'..'"));
+    assert!(run(&["-m", "~/notes.txt:rw"]).contains("only be mounted read-only"));
+    assert!(run(&["-m", "~/proj:/mnt/a", "-m", "~/notes.txt:/mnt/a"]).contains("same target"));
+    assert!(run(&["-m", "~/a:b:c:d"]).contains("\\:"));
+    // The project itself is checked the same way.
+    let out = env.faize().env("HOME", h).args(["run", "-p", h.to_str().unwrap(), "--", "true"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("contains the blocked path"), "{}", text(&out.stderr));
+    // So are the config's additions.
+    env.config(&format!("blocked_paths:\n  - {}\n", h.join("proj").display()));
+    let out = env
+        .faize()
+        .env("HOME", h)
+        .args(["run", "-p", h.join("proj").to_str().unwrap(), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(text(&out.stderr).contains("inside the blocked path"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn diff_without_sessions_says_so() {
+    let env = Env::new();
+    let out = env.faize().args(["diff"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(125));
+    assert!(text(&out.stderr).contains("no change summary yet"), "{}", text(&out.stderr));
+}
