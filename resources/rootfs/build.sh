@@ -22,6 +22,11 @@ if [ -n "$claude_version" ]; then
 fi
 # Mount points the guest agent uses; the image itself is never written to.
 hooks+=(--customize-hook='mkdir -p "$1/opt/toolchain"')
+# The unprivileged user the agent runs programs as (uid 1000, passwordless sudo inside the VM),
+# made here so the agent does not write these files at every boot.
+hooks+=(--customize-hook='chroot "$1" useradd --create-home --uid 1000 --user-group --shell /bin/bash --comment "faize agent" faize')
+hooks+=(--customize-hook='printf "faize ALL=(ALL:ALL) NOPASSWD: ALL\n" > "$1/etc/sudoers.d/faize"; chmod 0440 "$1/etc/sudoers.d/faize"')
+hooks+=(--customize-hook='printf "[safe]\n\tdirectory = *\n" > "$1/etc/gitconfig"')
 # The VM has no network device; DNS is answered by the agent on loopback (network issue).
 hooks+=(--customize-hook='printf "nameserver 127.0.0.1\n" > "$1/etc/resolv.conf"')
 hooks+=(--customize-hook='printf "faize\n" > "$1/etc/hostname"; printf "127.0.0.1 localhost faize\n::1 localhost\n" > "$1/etc/hosts"')

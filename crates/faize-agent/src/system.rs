@@ -145,6 +145,7 @@ fn bind(source: &str, target: &str, read_only: bool) -> Result<(), String> {
 
 /// Adds the unprivileged user (passwordless sudo inside the VM, home on the writable layer).
 fn create_user() -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
     let home = format!("/home/{GUEST_USER}");
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     if !passwd.lines().any(|l| l.starts_with(&format!("{GUEST_USER}:"))) {
@@ -152,22 +153,31 @@ fn create_user() -> Result<(), String> {
         append("/etc/group", &format!("{GUEST_USER}:x:{GUEST_UID}:\n"))?;
         append("/etc/shadow", &format!("{GUEST_USER}:*:19000:0:99999:7:::\n"))?;
     }
-    let sudoers = format!("{GUEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n");
-    fs::create_dir_all("/etc/sudoers.d").map_err(|e| format!("mkdir /etc/sudoers.d: {e}"))?;
-    let mut f = fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o440)
-        .open("/etc/sudoers.d/faize")
-        .map_err(|e| format!("writing sudoers: {e}"))?;
-    f.write_all(sudoers.as_bytes()).map_err(|e| format!("writing sudoers: {e}"))?;
+    // The images carry these already; writing them only when they differ saves copy-ups.
+    ensure_file("/etc/sudoers.d/faize", &format!("{GUEST_USER} ALL=(ALL:ALL) NOPASSWD: ALL\n"), 0o440)?;
     // Shared files may belong to other users than the guest's; git must not refuse them.
-    fs::write("/etc/gitconfig", "[safe]\n\tdirectory = *\n").map_err(|e| format!("writing /etc/gitconfig: {e}"))?;
-    fs::DirBuilder::new().recursive(true).mode(0o755).create(&home).map_err(|e| format!("mkdir {home}: {e}"))?;
-    chown(&home, Some(GUEST_UID), Some(GUEST_UID)).map_err(|e| format!("chown {home}: {e}"))?;
-    fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {home}: {e}"))?;
+    ensure_file("/etc/gitconfig", "[safe]\n\tdirectory = *\n", 0o644)?;
+    match fs::metadata(&home) {
+        Ok(m) if m.is_dir() && m.uid() == GUEST_UID && m.gid() == GUEST_UID => {}
+        _ => {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&home)
+                .map_err(|e| format!("mkdir {home}: {e}"))?;
+            chown(&home, Some(GUEST_UID), Some(GUEST_UID)).map_err(|e| format!("chown {home}: {e}"))?;
+            fs::set_permissions(&home, fs::Permissions::from_mode(0o755)).map_err(|e| format!("chmod {home}: {e}"))?;
+        }
+    }
     Ok(())
+}
+
+/// Writes `path` unless it already holds exactly `content`.
+fn ensure_file(path: &str, content: &str, mode: u32) -> Result<(), String> {
+    if fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    write_file(path, content.as_bytes(), mode)
 }
 
 fn append(path: impl AsRef<Path>, line: &str) -> Result<(), String> {

@@ -183,20 +183,12 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         timings.mark("changes_listed");
     }
     let _ = std::fs::remove_dir_all(&dirs.runtime);
-    // A normal end keeps only the change summary (for `faize diff`); after a failure or a
-    // timeout, the logs stay too.
-    let keep_logs = !matches!(result, Ok(Ending::Exited(_)));
-    for entry in std::fs::read_dir(&dirs.session).into_iter().flatten().flatten() {
-        let name = entry.file_name();
-        let log = name.to_string_lossy().ends_with(".log");
-        if name != changes::FILE && !(keep_logs && log) {
-            let p = entry.path();
-            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
-        }
-    }
-    let _ = std::fs::remove_dir(&dirs.session); // only if empty
+    tidy_session_dir(&dirs.session, !matches!(result, Ok(Ending::Exited(_))));
+    // QEMU got SIGKILL above and can no longer run; the kernel needs ~40 ms to release 4 GiB of
+    // guest memory mappings. Reap it if it is already gone; otherwise do not make the user wait:
+    // the kernel finishes the release and init reaps it.
     if let Some(mut qemu) = qemu {
-        qemu.stop().await;
+        let _ = tokio::time::timeout(Duration::from_millis(2), qemu.stop()).await;
     }
     timings.mark("done");
     timings.report();
@@ -205,6 +197,20 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         Ok(Ending::TimedOut) => Ok(exit_code::TIMEOUT),
         Err(e) => Err(e.context(format!("session {} failed; its logs are in {}", spec.id, dirs.session.display()))),
     }
+}
+
+/// Empties the session folder at the end: a normal end keeps only the change summary (for
+/// `faize diff`); after a failure or a timeout, the logs stay too.
+fn tidy_session_dir(dir: &Path, keep_logs: bool) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let name = entry.file_name();
+        let log = name.to_string_lossy().ends_with(".log");
+        if name != changes::FILE && !(keep_logs && log) {
+            let p = entry.path();
+            let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+        }
+    }
+    let _ = std::fs::remove_dir(dir); // only if empty
 }
 
 /// The change summary's starting point.
@@ -309,17 +315,18 @@ async fn boot(
     let listener_path = PathBuf::from(format!("{}_{CONTROL_PORT}", uds.display()));
     let listener =
         UnixListener::bind(&listener_path).with_context(|| format!("listening on {}", listener_path.display()))?;
-    let mut vsock = process::spawn(
+    let vsock = process::spawn(
         "vhost-device-vsock",
         &tools.vhost_vsock,
         &vmm::vhost_vsock_args(&vhost_socket, &uds),
         &dirs.session.join("vsock.log"),
     )?;
-    vsock.wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
     helpers.push(vsock);
 
     let plan = shares::plan(spec, home, &dirs.session)?;
     let started = shares::start(&plan, &tools.virtiofsd, &dirs.runtime, &dirs.session, helpers).await?;
+    // Started before virtiofsd; by now it is almost always listening.
+    helpers[0].wait_for_socket(&vhost_socket, Duration::from_secs(10)).await?;
     timings.mark("sidecars_ready");
 
     let qemu_spec = QemuSpec {
