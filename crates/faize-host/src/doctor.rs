@@ -51,6 +51,10 @@ pub fn run(home: &FaizeHome) -> Vec<Check> {
             for (kind, state) in states {
                 let (ok, detail) = match state {
                     State::Ready(e) => (true, format!("{} ({} MiB)", e.file, e.size >> 20)),
+                    // The initramfs only wraps the agent: it is rebuilt in milliseconds at start.
+                    State::Stale(_) | State::Missing if kind == crate::artifacts::Kind::Initramfs => {
+                        (true, "rebuilt from the agent at the next start".into())
+                    }
                     State::Stale(_) => (false, format!("out of date: run `faize artifacts build {kind}`")),
                     State::Missing => (false, format!("missing: run `faize artifacts build {kind}`")),
                 };
