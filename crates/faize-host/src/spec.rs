@@ -61,6 +61,9 @@ pub struct SessionSpec {
     pub blocked: Blocked,
     /// Print (and keep) the summary of changes to the writable shares at the end.
     pub show_diff: bool,
+    /// The network allowlist from `networks:`, validated. Not enforced yet: the VM has no
+    /// network device and nothing forwards its connections (a later issue).
+    pub network: faize_net::Policy,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -218,6 +221,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         bail!("the rootfs image has no claude: use the default image or give a command after --");
     }
 
+    let network = faize_net::Policy::parse(config.networks.as_deref()).context("in networks: of the config")?;
     notices.extend(config.not_yet_supported().into_iter().map(|s| format!("config: {s}")));
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
@@ -232,6 +236,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         persist_credentials: req.persist_credentials || config.claude.persist_credentials == Some(true),
         blocked,
         show_diff: !req.no_diff && config.claude.show_diff != Some(false),
+        network,
         cpus,
         memory_mib,
         timeout,
@@ -355,6 +360,8 @@ mod tests {
         assert!(e(Request { timeout: Some("soon".into()), ..req() }).contains("invalid duration"));
         assert!(e(Request { project: Some("/no/such/dir".into()), ..req() }).contains("does not exist"));
         assert!(e(Request { image: Some("alpine".into()), ..req() }).contains("unknown image"));
+        let bad = resolve(&req(), "networks:\n  - npm\n  - '*.com'\n").unwrap_err();
+        assert!(format!("{bad:#}").contains("invalid network rule \"*.com\""), "{bad:#}");
         let c = Config::parse("vm:\n  accel: hvf\n").unwrap();
         assert!(resolve_with(&req(), &c, &ctx(None)).is_err());
     }

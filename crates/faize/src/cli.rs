@@ -29,6 +29,11 @@ pub enum Command {
     },
     /// Check the prerequisites and say how to fix what is missing
     Doctor,
+    /// The network allowlist
+    Network {
+        #[command(subcommand)]
+        action: NetworkAction,
+    },
     /// Show the changes a session made to the shared folders (the latest session by default)
     Diff {
         /// Session id (a unique prefix is enough)
@@ -52,6 +57,12 @@ pub enum ArtifactsAction {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkAction {
+    /// List the presets a `networks:` rule can name, with their hosts
+    Presets,
 }
 
 #[derive(Debug, Args)]

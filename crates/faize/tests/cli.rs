@@ -139,3 +139,28 @@ fn diff_without_sessions_says_so() {
     assert_eq!(out.status.code(), Some(125));
     assert!(text(&out.stderr).contains("no change summary yet"), "{}", text(&out.stderr));
 }
+
+#[test]
+fn network_presets_are_listed_and_bad_rules_refused() {
+    let env = Env::new();
+    let out = env.faize().args(["network", "presets"]).output().unwrap();
+    let listing = text(&out.stdout);
+    for p in [
+        "npm (default)",
+        "pypi (default)",
+        "github (default)",
+        "anthropic (default)",
+        "openai",
+        "bun",
+        "debian",
+        "crates",
+        "go",
+    ] {
+        assert!(listing.contains(p), "{p} missing:\n{listing}");
+    }
+    assert!(listing.contains("codeload.github.com") && listing.contains("objects.githubusercontent.com"));
+    env.config("networks:\n  - npm\n  - a.*.b\n");
+    fails_with(&env, &["run", "--", "true"], "invalid network rule \"a.*.b\"");
+    env.config("networks:\n  - example.com:70000\n");
+    fails_with(&env, &["run", "--", "true"], "1 to 65535");
+}

@@ -3,6 +3,7 @@
 mod artifacts;
 mod diff;
 mod doctor;
+mod network;
 mod session;
 
 use anyhow::Result;
@@ -16,5 +17,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Artifacts { action } => artifacts::run(action),
         Command::Doctor => doctor::run(),
         Command::Diff { id, json } => diff::run(id.as_deref(), json),
+        Command::Network { action } => network::run(action),
     }
 }

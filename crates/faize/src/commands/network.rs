@@ -1,0 +1,23 @@
+//! `faize network presets`.
+
+use anyhow::Result;
+use faize_net::presets::{DEFAULT_RULES, PRESETS};
+
+use crate::cli::NetworkAction;
+use crate::printer;
+
+pub fn run(action: NetworkAction) -> Result<i32> {
+    match action {
+        NetworkAction::Presets => {
+            for p in PRESETS {
+                let default = if DEFAULT_RULES.contains(&p.name) { " (default)" } else { "" };
+                printer::out(&format!("{}{default}: {}", p.name, p.about));
+                for h in p.hosts {
+                    printer::out(&format!("    {h}"));
+                }
+            }
+            printer::out("\nalso: all (the public internet), none, a domain, *.domain, an IP or CIDR, each with an optional :PORT");
+            Ok(0)
+        }
+    }
+}
