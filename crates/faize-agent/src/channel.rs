@@ -64,7 +64,12 @@ impl Channel {
 }
 
 fn try_connect() -> nix::Result<OwnedFd> {
+    vsock_connect(CONTROL_PORT)
+}
+
+/// Opens a vsock stream to the host on `port`.
+pub fn vsock_connect(port: u32) -> nix::Result<OwnedFd> {
     let fd = socket(AddressFamily::Vsock, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
-    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, CONTROL_PORT))?;
+    connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &VsockAddr::new(HOST_CID, port))?;
     Ok(fd)
 }

@@ -11,6 +11,7 @@
 //! is up), then the VM is reset, which makes QEMU (`-no-reboot`) exit. The VM never hangs.
 
 mod channel;
+mod net;
 mod program;
 mod system;
 
@@ -56,6 +57,10 @@ fn run(channel_slot: &mut Option<Channel>) -> Result<(), String> {
     };
     system::switch_root()?;
     system::prepare(&setup)?;
+    if let Err(e) = net::start() {
+        // Without its redirect the VM simply has no network: nothing can leave it anyway.
+        let _ = channel.send(&GuestMsg::Stderr(format!("faize: the VM has no network: {e}\n").into_bytes()));
+    }
     channel.send(&GuestMsg::Ready)?;
 
     let exec = match channel.recv()? {

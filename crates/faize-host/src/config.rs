@@ -48,6 +48,21 @@ pub struct Config {
     pub claude: ClaudeConfig,
     #[serde(default)]
     pub vm: VmConfig,
+    #[serde(default)]
+    pub network: NetworkConfig,
+}
+
+/// How the network allowlist is served (the rules themselves are `networks:`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Names mapped to addresses explicitly, like /etc/hosts (local services, tests).
+    #[serde(default)]
+    pub hosts: std::collections::BTreeMap<String, String>,
+    /// Most connections of one session at once (default 512).
+    pub max_connections: Option<usize>,
+    /// How long to wait for a server to accept a connection (default 10s).
+    pub connect_timeout: Option<Scalar>,
 }
 
 /// Session defaults; flags override them.
@@ -105,9 +120,6 @@ impl Config {
     /// reason, so the user is told instead of the setting being silently ignored.
     pub fn not_yet_supported(&self) -> Vec<&'static str> {
         let mut out = Vec::new();
-        if self.networks.as_ref().is_some_and(|n| !n.is_empty() && n.iter().any(|r| r != "none")) {
-            out.push("networks: the VM has no network access in this version (every rule acts as `none`)");
-        }
         let c = &self.claude;
         if !c.extra_deps.is_empty() {
             out.push("claude.extra_deps: extra packages are not installed into the image yet");

@@ -4,9 +4,12 @@
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
+use faize_net::proxy::Proxy;
+use faize_protocol::net::NET_PORT;
 use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, CONTROL_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
@@ -23,6 +26,9 @@ use crate::shares;
 use crate::spec::{credentials_dir, SessionSpec};
 use crate::terminal::{window_size, EscapeFilter, RawMode};
 use crate::vmm::{self, QemuSpec};
+
+/// The session's network audit log, in its folder.
+pub const NET_LOG: &str = "net.jsonl";
 
 /// Exit codes of faize itself (a program's own exit code is passed through unchanged).
 pub mod exit_code {
@@ -182,6 +188,7 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         timings.marks.push(("diff_walk", diff_started.elapsed()));
         timings.mark("changes_listed");
     }
+    report_denied(&dirs.session.join(NET_LOG));
     let _ = std::fs::remove_dir_all(&dirs.runtime);
     tidy_session_dir(&dirs.session, !matches!(result, Ok(Ending::Exited(_))));
     // QEMU got SIGKILL above and can no longer run; the kernel needs ~40 ms to release 4 GiB of
@@ -199,13 +206,37 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     }
 }
 
+/// Lists the names the session was refused, each with the rule that would allow it.
+fn report_denied(log: &Path) {
+    let Ok(entries) = faize_net::proxy::read_log(&log.to_path_buf()) else { return };
+    let mut denied: Vec<String> = entries
+        .iter()
+        .filter(|e| e["decision"] == "deny")
+        .filter_map(|e| {
+            let name = e["name"].as_str()?;
+            Some(match e["port"].as_u64() {
+                Some(p) if name.parse::<std::net::IpAddr>().is_ok() => format!("{name}:{p}"),
+                _ => name.to_string(),
+            })
+        })
+        .collect();
+    denied.sort();
+    denied.dedup();
+    for d in denied.iter().take(20) {
+        eprintln!("faize: network: denied {d} (to allow it, add `- {d}` under networks: in the config, or -n {d})");
+    }
+    if denied.len() > 20 {
+        eprintln!("faize: network: {} more denied; see {}", denied.len() - 20, log.display());
+    }
+}
+
 /// Empties the session folder at the end: a normal end keeps only the change summary (for
 /// `faize diff`); after a failure or a timeout, the logs stay too.
 fn tidy_session_dir(dir: &Path, keep_logs: bool) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let log = name.to_string_lossy().ends_with(".log");
-        if name != changes::FILE && !(keep_logs && log) {
+        if name != changes::FILE && name != NET_LOG && !(keep_logs && log) {
             let p = entry.path();
             let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
@@ -342,6 +373,16 @@ async fn boot(
         fs: started.devices,
         tsc_khz: spec.tsc_khz,
     };
+    // The guest's network: every name and connection comes to this proxy over vsock.
+    let net_path = PathBuf::from(format!("{}_{NET_PORT}", uds.display()));
+    let net_listener = UnixListener::bind(&net_path).with_context(|| format!("listening on {}", net_path.display()))?;
+    let proxy = Proxy::new(
+        Arc::new(RwLock::new(spec.network.clone())),
+        spec.network_hosts.clone(),
+        &dirs.session.join(NET_LOG),
+        spec.network_limits.clone(),
+    );
+    tokio::spawn(Arc::new(proxy).serve(net_listener));
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
     timings.mark("qemu_spawned");
     let qemu = helpers.last_mut().expect("qemu was just added");
@@ -397,13 +438,17 @@ async fn boot(
     };
     baseline.complete().await?;
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
-    match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
-        .await
-        .context("waiting for the guest to get ready")??
-    {
-        Some(GuestMsg::Ready) => {}
-        Some(GuestMsg::Fatal(m)) => bail!(crash_report(&format!("the guest could not start: {m}"))),
-        other => bail!(crash_report(&format!("expected ready from the agent, got {other:?}"))),
+    loop {
+        match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
+            .await
+            .context("waiting for the guest to get ready")??
+        {
+            Some(GuestMsg::Ready) => break,
+            // Warnings from the agent's set-up (e.g. no network).
+            Some(GuestMsg::Stderr(d)) => eprint!("{}", String::from_utf8_lossy(&d)),
+            Some(GuestMsg::Fatal(m)) => bail!(crash_report(&format!("the guest could not start: {m}"))),
+            other => bail!(crash_report(&format!("expected ready from the agent, got {other:?}"))),
+        }
     }
     timings.mark("guest_ready");
 

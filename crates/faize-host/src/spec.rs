@@ -39,6 +39,8 @@ pub struct Request {
     pub persist_credentials: bool,
     /// `--no-diff`.
     pub no_diff: bool,
+    /// `-n/--network` rules; when given, they replace the config's `networks:`.
+    pub network: Vec<String>,
     /// Empty: run the agent (`claude`).
     pub command: Vec<String>,
     pub interactive: bool,
@@ -61,9 +63,11 @@ pub struct SessionSpec {
     pub blocked: Blocked,
     /// Print (and keep) the summary of changes to the writable shares at the end.
     pub show_diff: bool,
-    /// The network allowlist from `networks:`, validated. Not enforced yet: the VM has no
-    /// network device and nothing forwards its connections (a later issue).
+    /// The network allowlist (`-n`, else `networks:`, else the default presets), validated.
     pub network: faize_net::Policy,
+    /// `network.hosts`: names mapped to addresses explicitly.
+    pub network_hosts: std::collections::HashMap<String, std::net::IpAddr>,
+    pub network_limits: faize_net::proxy::Limits,
     pub cpus: u32,
     pub memory_mib: u64,
     pub timeout: Option<Duration>,
@@ -221,7 +225,32 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         bail!("the rootfs image has no claude: use the default image or give a command after --");
     }
 
-    let network = faize_net::Policy::parse(config.networks.as_deref()).context("in networks: of the config")?;
+    let (network, source) = if req.network.is_empty() {
+        (faize_net::Policy::parse(config.networks.as_deref()).context("in networks: of the config")?, "networks:")
+    } else {
+        (faize_net::Policy::parse(Some(&req.network))?, "-n")
+    };
+    if network.is_none() {
+        notices.push(format!("network: none ({source} allows nothing): the VM cannot reach any host"));
+    }
+    let mut network_hosts = std::collections::HashMap::new();
+    for (name, addr) in &config.network.hosts {
+        let ip = addr.parse().map_err(|_| {
+            anyhow::anyhow!("network.hosts: {addr:?} (for {name}) is not an IP address: write e.g. 127.0.0.1")
+        })?;
+        network_hosts.insert(name.trim_end_matches('.').to_ascii_lowercase(), ip);
+    }
+    let mut network_limits = faize_net::proxy::Limits::default();
+    if let Some(n) = config.network.max_connections {
+        if n == 0 {
+            bail!("network.max_connections must be at least 1");
+        }
+        network_limits.max_connections = n;
+    }
+    if let Some(t) = &config.network.connect_timeout {
+        network_limits.connect_timeout =
+            parse_duration(&t.0).context("network.connect_timeout")?.context("network.connect_timeout cannot be 0")?;
+    }
     notices.extend(config.not_yet_supported().into_iter().map(|s| format!("config: {s}")));
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
@@ -237,6 +266,8 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         blocked,
         show_diff: !req.no_diff && config.claude.show_diff != Some(false),
         network,
+        network_hosts,
+        network_limits,
         cpus,
         memory_mib,
         timeout,

@@ -4,5 +4,6 @@
 
 pub mod policy;
 pub mod presets;
+pub mod proxy;
 
 pub use policy::{Decision, Policy, Rule, RuleError};

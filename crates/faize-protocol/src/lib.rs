@@ -21,12 +21,13 @@
 
 mod codec;
 mod messages;
+pub mod net;
 
-pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf};
+pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf, Wire};
 pub use messages::*;
 
 /// Version of this protocol; both sides must speak exactly the same one.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest frame accepted in either direction (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;

@@ -2,6 +2,7 @@
 //! agent that may come from different builds. If the change is intended, bump
 //! `PROTOCOL_VERSION` and regenerate with `UPDATE_WIRE_SNAPSHOT=1 cargo test -p faize-protocol`.
 
+use faize_protocol::net::net_samples;
 use faize_protocol::{encode_frame, samples, PROTOCOL_VERSION};
 
 fn hex(b: &[u8]) -> String {
@@ -16,6 +17,13 @@ fn render() -> String {
     }
     for m in &guest {
         s += &format!("guest {:?}\n      {}\n", m, hex(&encode_frame(m)));
+    }
+    let (requests, replies) = net_samples();
+    for m in &requests {
+        s += &format!("net-guest {:?}\n      {}\n", m, hex(&encode_frame(m)));
+    }
+    for m in &replies {
+        s += &format!("net-host {:?}\n      {}\n", m, hex(&encode_frame(m)));
     }
     s
 }

@@ -81,6 +81,11 @@ pub struct SessionArgs {
     /// ~/.faize/credentials [config: claude.persist_credentials]
     #[arg(long)]
     pub persist_credentials: bool,
+    /// Allow network access: a preset, all, none, example.com, *.example.com, an IP or CIDR, each
+    /// with an optional :PORT (repeatable; replaces the config's networks:) [default: npm, pypi,
+    /// github, anthropic]
+    #[arg(short = 'n', long = "network", value_name = "RULE")]
+    pub network: Vec<String>,
     /// Do not list the changes made to the shared folders at the end [config: claude.show_diff]
     #[arg(long)]
     pub no_diff: bool,

@@ -47,7 +47,9 @@ fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
     let mem_kib: u64 =
         so.lines().find(|l| l.starts_with("MemTotal")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap();
     assert!((400_000..=524_288).contains(&mem_kib), "MemTotal {mem_kib} kB for --memory 512M");
-    assert!(so.contains("ifaces=lo \n"), "the only network interface must be lo: {so}");
+    // No network device: loopback, and the dummy interface that carries the default route to
+    // the agent's redirect (nothing leaves the VM through it).
+    assert!(so.contains("ifaces=dummy0 lo \n"), "no network device may exist: {so}");
     assert!(so.contains(&format!("pwd={p}\n")), "{so}");
     assert!(so.contains(&format!("workspace={p}\n")), "{so}");
     assert!(so.contains("user=faize\n"), "{so}");
@@ -64,10 +66,11 @@ fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
         "setuid bit survived"
     );
     assert!(!project.join("devnode").exists());
-    // A clean session leaves nothing behind but its change summary.
+    // A clean session leaves nothing behind but its change summary and network audit log.
     for session in std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten() {
-        let left: Vec<_> = std::fs::read_dir(session.path()).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("changes.json")], "left behind: {left:?}");
+        let mut left: Vec<_> = std::fs::read_dir(session.path()).unwrap().flatten().map(|e| e.file_name()).collect();
+        left.sort();
+        assert_eq!(left, ["changes.json", "net.jsonl"], "left behind: {left:?}");
     }
     assert!(se.contains("created   by-user.txt"), "the change summary lists new files: {se}");
 
@@ -472,4 +475,123 @@ fn agent_config_toolchain_and_credentials_across_sessions() {
     assert!(!so.contains("leaks-history"));
     assert!(env.home.path().join("toolchain/bin/mytool").exists(), "the toolchain folder is shared");
     assert!(!home.path().join(".claude/session-state").exists(), "the host's ~/.claude is never written");
+}
+
+/// A static file server on the host's loopback, stopped when dropped.
+struct HttpServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl HttpServer {
+    fn start(dir: &std::path::Path) -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = std::process::Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 for the test server");
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "test server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        HttpServer { child, port }
+    }
+}
+
+impl Drop for HttpServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn the_network_allowlist_is_enforced_on_the_host() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("hello.txt"), "hello-from-host").unwrap();
+    let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
+    std::fs::write(www.path().join("big.bin"), &big).unwrap();
+    let server = HttpServer::start(www.path());
+    let port = server.port;
+    env.config("network:\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n");
+    let project = tempfile::tempdir().unwrap();
+    let script = format!(
+        r#"
+        echo "get=$(curl -sS -m 30 http://allowed.test:{port}/hello.txt)"
+        echo "big=$(curl -sS -m 60 http://allowed.test:{port}/big.bin | sha256sum | cut -c1-16)"
+        for i in 1 2 3 4 5 6; do curl -sS -m 60 -o /dev/null -w '%{{http_code}}\n' http://allowed.test:{port}/hello.txt & done | sort | uniq -c | awk '{{print "parallel=" $1 "x" $2}}'
+        curl -sS -m 10 http://denied.test:{port}/hello.txt >/dev/null 2>&1 || echo denied-name=refused
+        getent hosts denied.test >/dev/null || echo nxdomain=yes
+        curl -sS -m 10 http://allowed.test:1/ >/dev/null 2>&1 || echo other-port=refused
+        curl -sS -m 10 http://127.0.0.1:{port}/hello.txt >/dev/null 2>&1 || echo guest-loopback-is-not-the-host=yes
+        curl -sS -m 10 http://169.254.169.254/ >/dev/null 2>&1 || echo metadata=refused
+        sudo nft flush ruleset
+        curl -sS -m 5 http://93.184.216.34/ >/dev/null 2>&1 || echo flushed-root-bypass=refused
+        sudo sh -c 'echo x > /dev/udp/8.8.8.8/53' 2>/dev/null; echo udp-sent-into-nowhere
+    "#
+    );
+    let out = env.run(
+        &[
+            "run",
+            "-p",
+            project.path().to_str().unwrap(),
+            "-n",
+            &format!("allowed.test:{port}"),
+            "--",
+            "sh",
+            "-c",
+            &script,
+        ],
+        b"",
+    );
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{so}{se}");
+    let want_big = {
+        use std::fmt::Write as _;
+        let digest = std::process::Command::new("sha256sum").arg(www.path().join("big.bin")).output().unwrap();
+        let mut s = String::new();
+        let _ = write!(s, "{}", &text(&digest.stdout)[..16]);
+        s
+    };
+    for want in [
+        "get=hello-from-host".to_string(),
+        format!("big={want_big}"),
+        "parallel=6x200".to_string(),
+        "denied-name=refused".to_string(),
+        "nxdomain=yes".to_string(),
+        "other-port=refused".to_string(),
+        "guest-loopback-is-not-the-host=yes".to_string(),
+        "metadata=refused".to_string(),
+        "flushed-root-bypass=refused".to_string(),
+    ] {
+        assert!(so.contains(&want), "expected {want}:\n{so}\n{se}");
+    }
+    // Every decision is in the host-written audit log, and the summary names what was denied.
+    let log_path = std::fs::read_dir(env.home.path().join("sessions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path().join("net.jsonl"))
+        .find(|p| p.exists())
+        .expect("net.jsonl");
+    let log = std::fs::read_to_string(log_path).unwrap();
+    let lines: Vec<serde_json::Value> = log.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let has = |event: &str, name: &str, decision: &str| {
+        lines.iter().any(|e| e["event"] == event && e["name"] == name && e["decision"] == decision)
+    };
+    assert!(has("dns", "allowed.test", "allow") && has("connect", "allowed.test", "allow"), "{log}");
+    assert!(has("dns", "denied.test", "deny"), "{log}");
+    assert!(has("connect", "169.254.169.254", "deny"), "{log}");
+    assert!(
+        lines.iter().any(|e| e["event"] == "connect" && e["bytes_in"].as_u64().unwrap_or(0) > 20 << 20),
+        "byte counts: {log}"
+    );
+    assert!(se.contains("denied denied.test"), "{se}");
 }

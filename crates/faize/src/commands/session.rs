@@ -38,6 +38,7 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
         no_git_context: args.no_git_context,
         persist_credentials: args.persist_credentials,
         no_diff: args.no_diff,
+        network: args.network,
         command: args.command,
         interactive,
     };

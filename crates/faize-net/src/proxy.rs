@@ -1,0 +1,215 @@
+//! The host side of the guest's network: every DNS question and TCP connection of the guest
+//! arrives here over vsock ([`faize_protocol::net`]). The proxy decides again (the guest is not
+//! trusted), resolves names itself, refuses forbidden addresses, connects, copies bytes both ways
+//! and appends every decision to the session's audit log (`net.jsonl`), which only the host
+//! writes.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use faize_protocol::net::{NetReply, NetRequest};
+use faize_protocol::{encode_frame, FrameBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixListener, UnixStream};
+
+use crate::policy::{Decision, Policy};
+
+/// The name that reaches the host's loopback, for the ports a rule names.
+pub const HOST_ALIAS: &str = "host.faize.internal";
+
+/// Limits that keep one guest from exhausting the host.
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub connect_timeout: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { connect_timeout: Duration::from_secs(10), max_connections: 512 }
+    }
+}
+
+/// One session's proxy.
+pub struct Proxy {
+    policy: Arc<RwLock<Policy>>,
+    /// Names mapped to addresses explicitly (`network.hosts`); used instead of DNS.
+    hosts: HashMap<String, IpAddr>,
+    log: Mutex<Option<std::fs::File>>,
+    limits: Limits,
+    slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Proxy {
+    pub fn new(policy: Arc<RwLock<Policy>>, hosts: HashMap<String, IpAddr>, log: &Path, limits: Limits) -> Self {
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
+        let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
+        let mut hosts = hosts;
+        hosts.entry(HOST_ALIAS.into()).or_insert(IpAddr::from([127, 0, 0, 1]));
+        Self { policy, hosts, log: Mutex::new(file), limits, slots }
+    }
+
+    /// Serves guest connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: UnixListener) {
+        while let Ok((stream, _)) = listener.accept().await {
+            let Ok(permit) = self.slots.clone().try_acquire_owned() else {
+                self.log(serde_json::json!({"event": "limit", "reason": format!("more than {} connections at once", self.limits.max_connections)}));
+                continue;
+            };
+            let me = self.clone();
+            tokio::spawn(async move {
+                me.handle(stream).await;
+                drop(permit);
+            });
+        }
+    }
+
+    async fn handle(&self, mut guest: UnixStream) {
+        let request = match read_request(&mut guest).await {
+            Ok(r) => r,
+            Err(e) => {
+                self.log(serde_json::json!({"event": "bad-request", "error": e}));
+                return;
+            }
+        };
+        match request {
+            NetRequest::Resolve { name } => {
+                let d = self.policy.read().expect("policy lock").decide_name(&name, None);
+                self.log(serde_json::json!({"event": "dns", "name": name, "decision": word(&d), "rule": d.rule, "reason": d.reason}));
+                let _ = reply(&mut guest, &d).await;
+            }
+            NetRequest::Connect { host, port } => self.connect(guest, host, port).await,
+        }
+    }
+
+    async fn connect(&self, mut guest: UnixStream, host: String, port: u16) {
+        let started = Instant::now();
+        let mut entry = serde_json::json!({"event": "connect", "name": host, "port": port});
+        let (decision, target) = self.decide(&host, port).await;
+        entry["decision"] = word(&decision).into();
+        entry["rule"] = decision.rule.clone().into();
+        if !decision.allowed {
+            entry["reason"] = decision.reason.clone().into();
+            self.log(entry);
+            let _ = reply(&mut guest, &decision).await;
+            return;
+        }
+        let addr = target.expect("an allowed connection has an address");
+        entry["address"] = addr.ip().to_string().into();
+        let tcp = match tokio::time::timeout(self.limits.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(e)) => return self.fail(guest, entry, format!("connecting to {addr}: {e}")).await,
+            Err(_) => {
+                return self
+                    .fail(guest, entry, format!("no answer from {addr} within {:?}", self.limits.connect_timeout))
+                    .await
+            }
+        };
+        if reply(&mut guest, &decision).await.is_err() {
+            return;
+        }
+        let mut tcp = tcp;
+        let (up, down) = tokio::io::copy_bidirectional(&mut guest, &mut tcp).await.unwrap_or((0, 0));
+        entry["bytes_out"] = up.into();
+        entry["bytes_in"] = down.into();
+        entry["duration_ms"] = (started.elapsed().as_millis() as u64).into();
+        self.log(entry);
+    }
+
+    async fn fail(&self, mut guest: UnixStream, mut entry: serde_json::Value, why: String) {
+        entry["decision"] = "error".into();
+        entry["reason"] = why.clone().into();
+        self.log(entry);
+        let _ = reply(&mut guest, &Decision { allowed: false, rule: None, reason: Some(why) }).await;
+    }
+
+    /// Decides on `host:port` and finds the address to connect to.
+    async fn decide(&self, host: &str, port: u16) -> (Decision, Option<SocketAddr>) {
+        if let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse::<IpAddr>() {
+            let d = self.policy.read().expect("policy lock").decide_address(ip, port, None);
+            return (d, Some(SocketAddr::new(ip, port)));
+        }
+        let by_name = self.policy.read().expect("policy lock").decide_name(host, Some(port));
+        if !by_name.allowed {
+            return (by_name, None);
+        }
+        let name = host.trim_end_matches('.').to_ascii_lowercase();
+        if let Some(ip) = self.hosts.get(&name) {
+            // Mapped explicitly by the user: trusted as written, private addresses included,
+            // but the host's own loopback only for a port a rule names.
+            if name == HOST_ALIAS && by_name.rule.as_deref().is_none_or(|r| !r.contains(':')) {
+                let why = format!("{HOST_ALIAS} needs a rule naming the port, e.g. {HOST_ALIAS}:{port}");
+                return (Decision { allowed: false, rule: None, reason: Some(why) }, None);
+            }
+            return (by_name, Some(SocketAddr::new(*ip, port)));
+        }
+        let addrs = match tokio::net::lookup_host((name.as_str(), port)).await {
+            Ok(a) => a.collect::<Vec<_>>(),
+            Err(e) => {
+                return (
+                    Decision { allowed: false, rule: None, reason: Some(format!("cannot resolve {name}: {e}")) },
+                    None,
+                )
+            }
+        };
+        let mut last = Decision { allowed: false, rule: None, reason: Some(format!("{name} has no address")) };
+        for a in addrs {
+            let d = self.policy.read().expect("policy lock").decide_address(a.ip(), port, Some(&by_name));
+            if d.allowed {
+                return (d, Some(a));
+            }
+            last = d;
+        }
+        (last, None)
+    }
+
+    fn log(&self, mut entry: serde_json::Value) {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        entry["time"] = ((now * 1000.0).round() / 1000.0).into();
+        if let Some(f) = self.log.lock().expect("log lock").as_mut() {
+            use std::io::Write;
+            let _ = writeln!(f, "{entry}");
+        }
+    }
+}
+
+fn word(d: &Decision) -> &'static str {
+    if d.allowed {
+        "allow"
+    } else {
+        "deny"
+    }
+}
+
+/// Reads the one request frame, with a deadline (a guest that never sends must not hold a slot).
+async fn read_request(s: &mut UnixStream) -> Result<NetRequest, String> {
+    let mut frames = FrameBuf::default();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        loop {
+            if let Some(r) = frames.next_frame::<NetRequest>().map_err(|e| e.to_string())? {
+                return Ok(r);
+            }
+            let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed before a request".to_string());
+            }
+            frames.extend(&buf[..n]);
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.map_err(|_| "no request within 10 s".to_string())?
+}
+
+async fn reply(s: &mut UnixStream, d: &Decision) -> std::io::Result<()> {
+    let r =
+        if d.allowed { NetReply::Allowed } else { NetReply::Denied { reason: d.reason.clone().unwrap_or_default() } };
+    s.write_all(&encode_frame(&r)).await
+}
+
+/// Reads an audit log back, one JSON value per line (for `faize logs --net`).
+pub fn read_log(path: &PathBuf) -> std::io::Result<Vec<serde_json::Value>> {
+    Ok(std::fs::read_to_string(path)?.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
