@@ -81,3 +81,12 @@ fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
+
+/// The folder holding running sessions' sockets: `$XDG_RUNTIME_DIR/faize`, else
+/// `/tmp/faize-<uid>` (short paths: Unix socket paths are limited to 108 bytes).
+pub fn runtime_base() -> PathBuf {
+    match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()) {
+        Some(p) => p.join("faize"),
+        None => PathBuf::from(format!("/tmp/faize-{}", nix::unistd::getuid().as_raw())),
+    }
+}

@@ -8,6 +8,7 @@ pub mod agent_config;
 pub mod artifacts;
 pub mod changes;
 pub mod config;
+pub mod control;
 pub mod doctor;
 pub mod fsutil;
 pub mod git;

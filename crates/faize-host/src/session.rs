@@ -121,10 +121,7 @@ impl Dirs {
             .create(&session)
             .with_context(|| format!("creating {}", session.display()))?;
         let uid = nix::unistd::getuid().as_raw();
-        let base = match std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).filter(|p| p.is_dir()) {
-            Some(p) => p.join("faize"),
-            None => PathBuf::from(format!("/tmp/faize-{uid}")),
-        };
+        let base = crate::home::runtime_base();
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -376,13 +373,19 @@ async fn boot(
     // The guest's network: every name and connection comes to this proxy over vsock.
     let net_path = PathBuf::from(format!("{}_{NET_PORT}", uds.display()));
     let net_listener = UnixListener::bind(&net_path).with_context(|| format!("listening on {}", net_path.display()))?;
+    let policy = Arc::new(RwLock::new(spec.network.clone()));
     let proxy = Proxy::new(
-        Arc::new(RwLock::new(spec.network.clone())),
+        policy.clone(),
         spec.network_hosts.clone(),
         &dirs.session.join(NET_LOG),
         spec.network_limits.clone(),
     );
-    tokio::spawn(Arc::new(proxy).serve(net_listener));
+    let proxy = Arc::new(proxy);
+    tokio::spawn(proxy.clone().serve(net_listener));
+    // `faize network allow|deny ID RULE` reach the running session here.
+    let control =
+        UnixListener::bind(dirs.runtime.join(crate::control::SOCKET)).context("creating the control socket")?;
+    tokio::spawn(crate::control::serve(control, policy, proxy));
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
     timings.mark("qemu_spawned");
     let qemu = helpers.last_mut().expect("qemu was just added");

@@ -166,7 +166,8 @@ impl Proxy {
         (last, None)
     }
 
-    fn log(&self, mut entry: serde_json::Value) {
+    /// Appends one entry to the audit log, with the time.
+    pub fn log(&self, mut entry: serde_json::Value) {
         let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
         entry["time"] = ((now * 1000.0).round() / 1000.0).into();
         if let Some(f) = self.log.lock().expect("log lock").as_mut() {

@@ -34,6 +34,14 @@ pub enum Command {
         #[command(subcommand)]
         action: NetworkAction,
     },
+    /// Show a session's logs
+    Logs {
+        /// Session id (a unique prefix is enough)
+        id: String,
+        /// The network audit log: every DNS answer and connection decision
+        #[arg(long)]
+        net: bool,
+    },
     /// Show the changes a session made to the shared folders (the latest session by default)
     Diff {
         /// Session id (a unique prefix is enough)
@@ -63,6 +71,10 @@ pub enum ArtifactsAction {
 pub enum NetworkAction {
     /// List the presets a `networks:` rule can name, with their hosts
     Presets,
+    /// Allow RULE in a running session, without restarting it
+    Allow { id: String, rule: String },
+    /// Remove RULE (as it was written) from a running session
+    Deny { id: String, rule: String },
 }
 
 #[derive(Debug, Args)]

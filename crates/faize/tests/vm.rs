@@ -594,4 +594,61 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         "byte counts: {log}"
     );
     assert!(se.contains("denied denied.test"), "{se}");
+    let logs = env.faize().args(["logs", "--net", kept_id(&env)]).output().unwrap();
+    assert!(text(&logs.stdout).contains("dns     deny   denied.test"), "{}", text(&logs.stdout));
+
+    // A running session's policy changes without a restart.
+    let script = format!(
+        r#"
+        curl -sS -m 10 http://later.test:{port}/hello.txt >/dev/null 2>&1 || echo before=refused
+        echo waiting
+        for i in $(seq 1 60); do curl -sS -m 10 http://later.test:{port}/hello.txt 2>/dev/null && echo " after=ok" && exit 0; sleep 1; done
+        exit 1
+    "#
+    );
+    env.config(&format!("network:\n  hosts:\n    later.test: 127.0.0.1\n"));
+    let sessions_before: Vec<_> =
+        std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten().map(|e| e.file_name()).collect();
+    let mut child = env
+        .faize()
+        .args(["run", "-p", project.path().to_str().unwrap(), "-n", "none", "--", "sh", "-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut seen = String::new();
+    while !seen.contains("waiting") {
+        let mut line = String::new();
+        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "session ended early: {seen}");
+        seen += &line;
+    }
+    let id = std::fs::read_dir(env.home.path().join("sessions"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name())
+        .find(|n| !sessions_before.contains(n))
+        .expect("the running session's folder");
+    let allow =
+        env.faize().args(["network", "allow", id.to_str().unwrap(), &format!("later.test:{port}")]).output().unwrap();
+    assert_eq!(allow.status.code(), Some(0), "{}", text(&allow.stderr));
+    let bad = env.faize().args(["network", "allow", id.to_str().unwrap(), "*.com"]).output().unwrap();
+    assert_eq!(bad.status.code(), Some(125));
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{seen}{rest}{}", text(&out.stderr));
+    assert!(seen.contains("before=refused") && rest.contains("hello-from-host after=ok"), "{seen}{rest}");
+}
+
+/// The id of the one session of `env` that kept a network log.
+fn kept_id(env: &Env) -> &'static str {
+    let id = std::fs::read_dir(env.home.path().join("sessions"))
+        .unwrap()
+        .flatten()
+        .find(|e| e.path().join("net.jsonl").exists())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .expect("a session");
+    Box::leak(id.into_boxed_str())
 }

@@ -3,6 +3,7 @@
 mod artifacts;
 mod diff;
 mod doctor;
+mod logs;
 mod network;
 mod session;
 
@@ -18,5 +19,6 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Doctor => doctor::run(),
         Command::Diff { id, json } => diff::run(id.as_deref(), json),
         Command::Network { action } => network::run(action),
+        Command::Logs { id, net } => logs::run(&id, net),
     }
 }

@@ -19,5 +19,16 @@ pub fn run(action: NetworkAction) -> Result<i32> {
             printer::out("\nalso: all (the public internet), none, a domain, *.domain, an IP or CIDR, each with an optional :PORT");
             Ok(0)
         }
+        NetworkAction::Allow { id, rule } => {
+            faize_net::Policy::default().add(&rule)?;
+            faize_host::control::send(&faize_host::control::find(&id)?, "allow", &rule)?;
+            printer::notice(&format!("session {id} now allows {rule}"));
+            Ok(0)
+        }
+        NetworkAction::Deny { id, rule } => {
+            faize_host::control::send(&faize_host::control::find(&id)?, "deny", &rule)?;
+            printer::notice(&format!("session {id} no longer allows {rule}"));
+            Ok(0)
+        }
     }
 }
