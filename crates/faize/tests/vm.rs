@@ -484,11 +484,24 @@ struct HttpServer {
 }
 
 impl HttpServer {
-    fn start(dir: &std::path::Path) -> Self {
+    /// Serves `dir`; over TLS with `tls = Some((cert, key))`.
+    fn start(dir: &std::path::Path, tls: Option<(&std::path::Path, &std::path::Path)>) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let wrap = match tls {
+            Some((cert, key)) => format!(
+                "ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); ctx.load_cert_chain({cert:?}, {key:?}); \
+                 srv.socket = ctx.wrap_socket(srv.socket, server_side=True)"
+            ),
+            None => "pass".into(),
+        };
+        let program = format!(
+            "import functools, http.server, ssl\n\
+             h = functools.partial(http.server.SimpleHTTPRequestHandler, directory={dir:?})\n\
+             srv = http.server.ThreadingHTTPServer(('127.0.0.1', {port}), h)\n{wrap}\nsrv.serve_forever()\n",
+            dir = dir.display().to_string()
+        );
         let child = std::process::Command::new("python3")
-            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
-            .arg(dir)
+            .args(["-c", &program])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -519,13 +532,32 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     std::fs::write(www.path().join("hello.txt"), "hello-from-host").unwrap();
     let big: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 24) as u8).collect();
     std::fs::write(www.path().join("big.bin"), &big).unwrap();
-    let server = HttpServer::start(www.path());
+    let server = HttpServer::start(www.path(), None);
     let port = server.port;
-    env.config("network:\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n");
+    // A TLS server whose certificate only the guest is given: the session is end to end.
+    let pki = tempfile::tempdir().unwrap();
+    let (cert, key) = (pki.path().join("cert.pem"), pki.path().join("key.pem"));
+    let made = std::process::Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+        .args(["-subj", "/CN=tls.test", "-addext", "subjectAltName=DNS:tls.test", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "openssl: {}", text(&made.stderr));
+    let tls_server = HttpServer::start(www.path(), Some((&cert, &key)));
+    let tls_port = tls_server.port;
+    env.config(
+        "network:\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n    tls.test: 127.0.0.1\n",
+    );
     let project = tempfile::tempdir().unwrap();
     let script = format!(
         r#"
         echo "get=$(curl -sS -m 30 http://allowed.test:{port}/hello.txt)"
+        echo "tls=$(curl -sS -m 30 --cacert /mnt/ca.pem https://tls.test:{tls_port}/hello.txt)"
+        curl -sS -m 5 'http://[2606:4700::1111]/' >/dev/null 2>&1 || echo ipv6=refused
+        python3 -c 'import socket; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.settimeout(5); s.connect((2, 1026))' 2>/dev/null || echo other-vsock-port=refused
         echo "big=$(curl -sS -m 60 http://allowed.test:{port}/big.bin | sha256sum | cut -c1-16)"
         for i in 1 2 3 4 5 6; do curl -sS -m 60 -o /dev/null -w '%{{http_code}}\n' http://allowed.test:{port}/hello.txt & done | sort | uniq -c | awk '{{print "parallel=" $1 "x" $2}}'
         curl -sS -m 10 http://denied.test:{port}/hello.txt >/dev/null 2>&1 || echo denied-name=refused
@@ -538,20 +570,10 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         sudo sh -c 'echo x > /dev/udp/8.8.8.8/53' 2>/dev/null; echo udp-sent-into-nowhere
     "#
     );
-    let out = env.run(
-        &[
-            "run",
-            "-p",
-            project.path().to_str().unwrap(),
-            "-n",
-            &format!("allowed.test:{port}"),
-            "--",
-            "sh",
-            "-c",
-            &script,
-        ],
-        b"",
-    );
+    let ca = format!("{}:/mnt/ca.pem", cert.display());
+    let (allow, allow_tls) = (format!("allowed.test:{port}"), format!("tls.test:{tls_port}"));
+    let p = project.path().to_str().unwrap();
+    let out = env.run(&["run", "-p", p, "-m", &ca, "-n", &allow, "-n", &allow_tls, "--", "sh", "-c", &script], b"");
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}{se}");
     let want_big = {
@@ -563,6 +585,9 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     };
     for want in [
         "get=hello-from-host".to_string(),
+        "tls=hello-from-host".to_string(),
+        "ipv6=refused".to_string(),
+        "other-vsock-port=refused".to_string(),
         format!("big={want_big}"),
         "parallel=6x200".to_string(),
         "denied-name=refused".to_string(),
@@ -606,7 +631,7 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         exit 1
     "#
     );
-    env.config(&format!("network:\n  hosts:\n    later.test: 127.0.0.1\n"));
+    env.config("network:\n  hosts:\n    later.test: 127.0.0.1\n");
     let sessions_before: Vec<_> =
         std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten().map(|e| e.file_name()).collect();
     let mut child = env
