@@ -59,7 +59,7 @@ pub struct NetworkConfig {
     /// Names mapped to addresses explicitly, like /etc/hosts (local services, tests).
     #[serde(default)]
     pub hosts: std::collections::BTreeMap<String, String>,
-    /// Most connections of one session at once (default 512).
+    /// Most connections of one session at once (default 4096).
     pub max_connections: Option<usize>,
     /// How long to wait for a server to accept a connection (default 10s).
     pub connect_timeout: Option<Scalar>,

@@ -143,6 +143,7 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
     let mut signals = Signals::new()?;
+    faize_net::proxy::raise_fd_limit();
     // The change summary's baseline is taken while the VM boots; the guest sees the shares only
     // after it is complete.
     let roots = writable_roots(spec);

@@ -20,6 +20,32 @@ use crate::policy::{Decision, Policy};
 /// The name that reaches the host's loopback, for the ports a rule names.
 pub const HOST_ALIAS: &str = "host.faize.internal";
 
+/// Buffer of each copy direction: large enough that bulk transfers cost few system calls.
+const COPY_BUFFER: usize = 256 * 1024;
+
+/// Raises this process's open-file limit to its hard limit (a proxy holds two descriptors per
+/// connection).
+pub fn raise_fd_limit() {
+    let mut lim = libc_rlimit();
+    if lim.0 < lim.1 {
+        lim.0 = lim.1;
+        set_rlimit(lim);
+    }
+}
+
+fn libc_rlimit() -> (u64, u64) {
+    let mut r = nix::libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes into the struct we pass.
+    unsafe { nix::libc::getrlimit(nix::libc::RLIMIT_NOFILE, &mut r) };
+    (r.rlim_cur, r.rlim_max)
+}
+
+fn set_rlimit((cur, max): (u64, u64)) {
+    let r = nix::libc::rlimit { rlim_cur: cur, rlim_max: max };
+    // SAFETY: setrlimit reads the struct we pass.
+    unsafe { nix::libc::setrlimit(nix::libc::RLIMIT_NOFILE, &r) };
+}
+
 /// Limits that keep one guest from exhausting the host.
 #[derive(Debug, Clone)]
 pub struct Limits {
@@ -29,7 +55,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { connect_timeout: Duration::from_secs(10), max_connections: 512 }
+        Self { connect_timeout: Duration::from_secs(10), max_connections: 4096 }
     }
 }
 
@@ -54,7 +80,16 @@ impl Proxy {
 
     /// Serves guest connections until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: UnixListener) {
-        while let Ok((stream, _)) = listener.accept().await {
+        loop {
+            let stream = match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors or memory: wait for connections to end, never stop.
+                    self.log(serde_json::json!({"event": "limit", "reason": format!("accepting: {e}")}));
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
             let Ok(permit) = self.slots.clone().try_acquire_owned() else {
                 self.log(serde_json::json!({"event": "limit", "reason": format!("more than {} connections at once", self.limits.max_connections)}));
                 continue;
@@ -68,7 +103,7 @@ impl Proxy {
     }
 
     async fn handle(&self, mut guest: UnixStream) {
-        let request = match read_request(&mut guest).await {
+        let (request, early) = match read_request(&mut guest).await {
             Ok(r) => r,
             Err(e) => {
                 self.log(serde_json::json!({"event": "bad-request", "error": e}));
@@ -81,11 +116,12 @@ impl Proxy {
                 self.log(serde_json::json!({"event": "dns", "name": name, "decision": word(&d), "rule": d.rule, "reason": d.reason}));
                 let _ = reply(&mut guest, &d).await;
             }
-            NetRequest::Connect { host, port } => self.connect(guest, host, port).await,
+            NetRequest::Connect { host, port } => self.connect(guest, host, port, early).await,
         }
     }
 
-    async fn connect(&self, mut guest: UnixStream, host: String, port: u16) {
+    /// `early`: bytes the guest sent after its request, before the reply; they go first.
+    async fn connect(&self, mut guest: UnixStream, host: String, port: u16, early: Vec<u8>) {
         let started = Instant::now();
         let mut entry = serde_json::json!({"event": "connect", "name": host, "port": port});
         let (decision, target) = self.decide(&host, port).await;
@@ -112,7 +148,12 @@ impl Proxy {
             return;
         }
         let mut tcp = tcp;
-        let (up, down) = tokio::io::copy_bidirectional(&mut guest, &mut tcp).await.unwrap_or((0, 0));
+        if !early.is_empty() && tcp.write_all(&early).await.is_err() {
+            return;
+        }
+        let (up, down) = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut tcp, COPY_BUFFER, COPY_BUFFER)
+            .await
+            .unwrap_or((0, 0));
         entry["bytes_out"] = up.into();
         entry["bytes_in"] = down.into();
         entry["duration_ms"] = (started.elapsed().as_millis() as u64).into();
@@ -185,14 +226,15 @@ fn word(d: &Decision) -> &'static str {
     }
 }
 
-/// Reads the one request frame, with a deadline (a guest that never sends must not hold a slot).
-async fn read_request(s: &mut UnixStream) -> Result<NetRequest, String> {
+/// Reads the one request frame, with a deadline (a guest that never sends must not hold a slot),
+/// and whatever came after it.
+async fn read_request(s: &mut UnixStream) -> Result<(NetRequest, Vec<u8>), String> {
     let mut frames = FrameBuf::default();
     let mut buf = [0u8; 1024];
     let read = async {
         loop {
             if let Some(r) = frames.next_frame::<NetRequest>().map_err(|e| e.to_string())? {
-                return Ok(r);
+                return Ok((r, frames.take_rest()));
             }
             let n = s.read(&mut buf).await.map_err(|e| e.to_string())?;
             if n == 0 {

@@ -101,6 +101,12 @@ impl FrameBuf {
         self.buf.extend_from_slice(data);
     }
 
+    /// Takes the bytes received after the last complete frame (when the stream switches from
+    /// frames to raw bytes).
+    pub fn take_rest(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.buf)
+    }
+
     /// Takes the next complete frame, if there is one.
     pub fn next_frame<M: Wire>(&mut self) -> Result<Option<M>, DecodeError> {
         if self.buf.len() < 4 {
