@@ -1,10 +1,11 @@
 //! Benchmark of the host-side proxy alone, on loopback (issue 4):
-#![allow(clippy::print_stdout)] // a benchmark prints its results
 //! - throughput of 1 GiB from a local server through the proxy vs directly;
 //! - added connection latency (proxy request to reply, vs a direct TCP connect), median of 300;
 //! - 1,000 connections opened at once through the proxy.
 //!
 //! Run: `cargo run --release -p faize-net --example proxy_bench`
+
+#![allow(clippy::print_stdout)] // a benchmark prints its results
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
