@@ -127,7 +127,8 @@ async fn main() {
     );
 
     let t = Instant::now();
-    let tasks: Vec<_> = (0..1000)
+    let n: usize = std::env::var("CONNECTIONS").ok().and_then(|v| v.parse().ok()).unwrap_or(1000);
+    let tasks: Vec<_> = (0..n)
         .map(|_| {
             let sock = sock.clone();
             tokio::spawn(tokio::time::timeout(Duration::from_secs(20), async move {
@@ -143,7 +144,7 @@ async fn main() {
         }
     }
     println!(
-        "1000 concurrent connections through the proxy: {ok} succeeded in {:.0} ms",
+        "{n} concurrent connections through the proxy: {ok} succeeded in {:.0} ms",
         t.elapsed().as_secs_f64() * 1e3
     );
 }
