@@ -31,7 +31,7 @@ def bare_boot(cpus, mem_mib):
             "-object", f"memory-backend-memfd,id=mem,size={mem_mib}M,share=on",
             "-nodefaults", "-no-user-config", "-no-reboot", "-display", "none",
             "-kernel", f"{art}/vmlinux", "-initrd", f"{art}/initramfs.cpio",
-            "-append", f"console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.probe tsc_early_khz={tsc_khz()}",
+            "-append", f"console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=1 faize.probe tsc_early_khz={tsc_khz()}",
             "-serial", "stdio"]
     t0 = time.monotonic()
     p = subprocess.Popen(args, stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)

@@ -45,6 +45,9 @@ fn run(channel_slot: &mut Option<Channel>) -> Result<(), String> {
         eprintln!("{PROBE_MARKER}");
         return Ok(());
     }
+    // The firewall rules load from the image while the host answers and the root is set up.
+    system::mount_image()?;
+    let rules = net::load_rules_in_background(system::IMAGE_ROOT);
     let channel = channel_slot.insert(Channel::connect()?);
     channel.send(&GuestMsg::Hello { version: PROTOCOL_VERSION, agent_version: env!("CARGO_PKG_VERSION").into() })?;
     let setup = match channel.recv()? {
@@ -57,10 +60,11 @@ fn run(channel_slot: &mut Option<Channel>) -> Result<(), String> {
     };
     system::switch_root()?;
     system::prepare(&setup)?;
-    if let Err(e) = net::start() {
-        // Without its redirect the VM simply has no network: nothing can leave it anyway.
+    // Without its redirect the VM simply has no network: nothing can leave it anyway.
+    let no_network = |e: String| {
         let _ = channel.send(&GuestMsg::Stderr(format!("faize: the VM has no network: {e}\n").into_bytes()));
-    }
+    };
+    let network = net::start().map_err(no_network).is_ok();
     channel.send(&GuestMsg::Ready)?;
 
     let exec = match channel.recv()? {
@@ -68,6 +72,11 @@ fn run(channel_slot: &mut Option<Channel>) -> Result<(), String> {
         Some(HostMsg::Shutdown { .. }) | None => return Ok(()),
         Some(other) => return Err(format!("expected Exec, got {other:?}")),
     };
+    // The firewall rules load while the host sends the program; they are in place before it runs.
+    match rules.wait() {
+        Err(e) if network => no_network(e),
+        _ => {}
+    }
     let status = program::run(channel, exec)?;
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };

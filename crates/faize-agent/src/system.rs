@@ -29,9 +29,17 @@ pub fn early_mounts() -> Result<(), String> {
     Ok(())
 }
 
-/// Puts the writable layer over the read-only image and makes it the root.
+/// Puts the writable layer over the read-only image (mounted by [`mount_image`]) and makes it
+/// the root.
+/// Mounts the read-only root image (before the handshake, so programs from it can start early).
+pub fn mount_image() -> Result<(), String> {
+    mount_fs(&disk_by_serial(ROOT_DISK_SERIAL)?, LOWER, "erofs", MsFlags::MS_RDONLY, None)
+}
+
+/// The mounted root image, for programs started before the root switch.
+pub const IMAGE_ROOT: &str = LOWER;
+
 pub fn switch_root() -> Result<(), String> {
-    mount_fs(&disk_by_serial(ROOT_DISK_SERIAL)?, LOWER, "erofs", MsFlags::MS_RDONLY, None)?;
     mount_fs(&disk_by_serial(SCRATCH_DISK_SERIAL)?, SCRATCH, "ext4", MsFlags::MS_NOATIME | MsFlags::MS_NOSUID, None)?;
     for d in ["upper", "work"] {
         fs::create_dir_all(format!("{SCRATCH}/{d}")).map_err(|e| format!("mkdir {SCRATCH}/{d}: {e}"))?;
@@ -76,7 +84,7 @@ pub fn prepare(setup: &Setup) -> Result<(), String> {
     mount_fs("devpts", "/dev/pts", "devpts", nosuid | MsFlags::MS_NOEXEC, Some("mode=0620,ptmxmode=0666,gid=5"))?;
     mount_fs("tmpfs", "/dev/shm", "tmpfs", nosuid, Some("mode=1777"))?;
     mount_fs("tmpfs", "/run", "tmpfs", nosuid, Some("mode=0755"))?;
-    loopback_up()?;
+    crate::net::interface_up("lo")?;
 
     for share in &setup.shares {
         let mut flags = nosuid;
@@ -184,33 +192,6 @@ fn append(path: impl AsRef<Path>, line: &str) -> Result<(), String> {
     let path = path.as_ref();
     let mut f = fs::OpenOptions::new().append(true).open(path).map_err(|e| format!("open {}: {e}", path.display()))?;
     f.write_all(line.as_bytes()).map_err(|e| format!("write {}: {e}", path.display()))
-}
-
-/// Brings the loopback interface up (there is no other interface).
-fn loopback_up() -> Result<(), String> {
-    // SAFETY: plain socket/ioctl calls on a zeroed ifreq whose name is NUL-terminated; the fd is
-    // closed before returning.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
-        if fd < 0 {
-            return Err(format!("socket for loopback: {}", std::io::Error::last_os_error()));
-        }
-        let mut req: libc::ifreq = std::mem::zeroed();
-        for (i, b) in b"lo\0".iter().enumerate() {
-            req.ifr_name[i] = *b as libc::c_char;
-        }
-        let mut rc = libc::ioctl(fd, libc::SIOCGIFFLAGS, &mut req);
-        if rc == 0 {
-            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
-            rc = libc::ioctl(fd, libc::SIOCSIFFLAGS, &req);
-        }
-        let err = std::io::Error::last_os_error();
-        libc::close(fd);
-        if rc != 0 {
-            return Err(format!("bringing loopback up: {err}"));
-        }
-    }
-    Ok(())
 }
 
 /// Resets the VM; with `reboot=t` and QEMU's `-no-reboot` this ends QEMU at once.

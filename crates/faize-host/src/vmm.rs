@@ -35,7 +35,7 @@ pub struct QemuSpec {
 
 /// The kernel command line.
 pub fn kernel_cmdline(spec: &QemuSpec) -> String {
-    let mut c = String::from("console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0");
+    let mut c = String::from("console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=1");
     c += &format!(" {}={}", faize_protocol::CMDLINE_MARKER, faize_protocol::PROTOCOL_VERSION);
     if spec.accel == Accel::Tcg {
         if let Some(khz) = spec.tsc_khz {
@@ -205,7 +205,7 @@ mod tests {
             -nodefaults -no-user-config -no-reboot \
             -sandbox on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny -display none -global virtio-mmio.force-legacy=false \
             -kernel /a/vmlinux -initrd /a/initramfs.cpio \
-            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=0 faize.protocol=PROTO tsc_early_khz=2596142 \
+            -append console=ttyS0 quiet loglevel=1 reboot=t panic=-1 rdinit=/init dummy.numdummies=1 faize.protocol=PROTO tsc_early_khz=2596142 \
             -chardev file,id=console,path=/s/console.log -serial chardev:console \
             -drive id=root,file=/a/claude,,1.erofs,format=raw,if=none,readonly=on \
             -device virtio-blk-device,drive=root,serial=faize-root \
