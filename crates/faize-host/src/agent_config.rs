@@ -145,15 +145,8 @@ pub fn save_credentials(staged: &Path, store: &Path) -> Result<bool> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
     }
-    let tmp = dir.join(".claude.credentials.json.tmp");
-    {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-        f.write_all(&new)?;
-        f.sync_all()?;
-    }
-    std::fs::rename(&tmp, store).with_context(|| format!("saving credentials to {}", store.display()))?;
+    crate::fsutil::write_atomic_mode(store, &new, 0o600)
+        .with_context(|| format!("saving credentials to {}", store.display()))?;
     Ok(true)
 }
 

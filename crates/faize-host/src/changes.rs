@@ -14,12 +14,22 @@ const BULKY: &[&str] =
     &["node_modules", "target", ".venv", "venv", "__pycache__", "dist", "build", ".next", ".cache", ".gradle"];
 
 /// What one file looked like.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy)]
 struct Meta {
     size: u64,
     mtime_ns: i128,
     mode: u32,
+    /// Status change time, seconds (not compared: it is for the setuid sweep).
+    ctime: i64,
 }
+
+impl PartialEq for Meta {
+    fn eq(&self, o: &Self) -> bool {
+        (self.size, self.mtime_ns, self.mode) == (o.size, o.mtime_ns, o.mode)
+    }
+}
+
+impl Eq for Meta {}
 
 /// Every file (and symlink) below a root, by relative path.
 #[derive(Debug, Default)]
@@ -44,11 +54,20 @@ impl Snapshot {
                     }
                 } else {
                     let mtime_ns = m.mtime() as i128 * 1_000_000_000 + m.mtime_nsec() as i128;
-                    files.insert(path, Meta { size: m.len(), mtime_ns, mode: m.mode() });
+                    files.insert(path, Meta { size: m.len(), mtime_ns, mode: m.mode(), ctime: m.ctime() });
                 }
             }
         }
         Self { files }
+    }
+
+    /// Regular files (relative paths) with their mode, whose status changed at or after `since`
+    /// (Unix seconds).
+    pub fn changed_files_since(&self, since: i64) -> impl Iterator<Item = (&Path, u32)> {
+        self.files
+            .iter()
+            .filter(move |(_, m)| m.mode & 0o170000 == 0o100000 && m.ctime >= since)
+            .map(|(p, m)| (p.as_path(), m.mode))
     }
 
     pub fn len(&self) -> usize {

@@ -24,9 +24,7 @@ pub fn run(home: &FaizeHome) -> Vec<Check> {
         ("vhost-device-vsock", vars::VHOST_VSOCK, "cargo install vhost-device-vsock --version ~0.3"),
         ("mkfs.ext4", "FAIZE_MKFS_EXT4", "apt-get install e2fsprogs"),
     ] {
-        match find_program(prog, var)
-            .or_else(|| Some(std::path::PathBuf::from("/sbin").join(prog)).filter(|p| p.exists()))
-        {
+        match find_program(prog, var) {
             Some(p) => check(prog, true, p.display().to_string()),
             None => check(prog, false, format!("not found: run `{fix}` (or ./setup.sh)")),
         }

@@ -64,7 +64,7 @@ fn absolute(p: &Path) -> anyhow::Result<PathBuf> {
     Ok(if p.is_absolute() { p.to_path_buf() } else { std::env::current_dir()?.join(p) })
 }
 
-/// Finds an external program: the override variable, then PATH, then `~/.cargo/bin`.
+/// Finds an external program: the override variable, then PATH, `~/.cargo/bin`, `/usr/sbin`, `/sbin`.
 pub fn find_program(name: &str, override_var: &str) -> Option<PathBuf> {
     if let Some(p) = std::env::var_os(override_var).filter(|p| !p.is_empty()) {
         return Some(PathBuf::from(p));

@@ -70,7 +70,6 @@ impl Tools {
                 "run `cargo install vhost-device-vsock --version ~0.3`",
             )?,
             mkfs_ext4: find_program("mkfs.ext4", "FAIZE_MKFS_EXT4")
-                .or_else(|| Some(PathBuf::from("/sbin/mkfs.ext4")).filter(|p| p.exists()))
                 .ok_or_else(|| anyhow::anyhow!("mkfs.ext4 was not found: install the e2fsprogs package"))?,
         })
     }
@@ -168,22 +167,24 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
         h.stop().await;
     }
     timings.mark("helpers_stopped");
+    // One walk of each writable share after the VM: for the setuid sweep and the change summary.
     let since = timings.start_system();
-    for root in &roots {
-        crate::sweep::strip_special_bits(root, since);
+    let walk_started = Instant::now();
+    let toolchain = home.root.join("toolchain");
+    let after: Vec<Snapshot> = roots.iter().map(|r| Snapshot::take(r)).collect();
+    for (root, snapshot) in roots.iter().zip(&after).chain([(&toolchain, &Snapshot::take(&toolchain))]) {
+        crate::sweep::strip_special_bits(root, snapshot, since);
     }
-    crate::sweep::strip_special_bits(&home.root.join("toolchain"), since);
     save_agent_credentials(spec, home, &dirs.session);
     if let Baseline::Taken(before, took) = baseline {
         timings.marks.push(("baseline_walk", took));
-        let diff_started = Instant::now();
         let changes: Vec<ShareChanges> =
-            roots.iter().zip(&before).map(|(root, b)| changes::diff(root, b, &Snapshot::take(root))).collect();
+            roots.iter().zip(&before).zip(&after).map(|((root, b), a)| changes::diff(root, b, a)).collect();
         eprint!("{}", changes::render(&changes).lines().map(|l| format!("faize: {l}\n")).collect::<String>());
         if let Err(e) = changes::save(&dirs.session, &spec.id, &changes) {
             eprintln!("faize: could not save the change summary: {e:#}");
         }
-        timings.marks.push(("diff_walk", diff_started.elapsed()));
+        timings.marks.push(("diff_walk", walk_started.elapsed()));
         timings.mark("changes_listed");
     }
     report_denied(&dirs.session.join(NET_LOG));
@@ -206,7 +207,7 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
 
 /// Lists the names the session was refused, each with the rule that would allow it.
 fn report_denied(log: &Path) {
-    let Ok(entries) = faize_net::proxy::read_log(&log.to_path_buf()) else { return };
+    let Ok(entries) = faize_net::proxy::read_log(log) else { return };
     let mut denied: Vec<String> = entries
         .iter()
         .filter(|e| e["decision"] == "deny")

@@ -2,29 +2,23 @@
 //! virtiofsd cannot refuse a guest's chmod by the file's owner, so this is enforced on the host
 //! once the VM is gone. Only files whose status changed during the session are touched.
 
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::SystemTime;
+
+use crate::changes::Snapshot;
 
 const SPECIAL: u32 = 0o6000;
 
-/// Strips the bits and returns the paths it fixed (also reported on stderr).
-pub fn strip_special_bits(root: &Path, since: SystemTime) -> Vec<std::path::PathBuf> {
+/// Strips the bits from files of `snapshot` (taken of `root` after the VM stopped) and returns
+/// the paths it fixed (also reported on stderr).
+pub fn strip_special_bits(root: &Path, snapshot: &Snapshot, since: SystemTime) -> Vec<PathBuf> {
     let since = since.duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0) - 1;
     let mut fixed = Vec::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(meta) = entry.path().symlink_metadata() else { continue };
-            if meta.is_dir() {
-                stack.push(entry.path());
-            } else if meta.is_file() && meta.mode() & SPECIAL != 0 && meta.ctime() >= since {
-                let mode = meta.mode() & 0o7777 & !SPECIAL;
-                if std::fs::set_permissions(entry.path(), std::fs::Permissions::from_mode(mode)).is_ok() {
-                    fixed.push(entry.path());
-                }
-            }
+    for (rel, mode) in snapshot.changed_files_since(since).filter(|(_, mode)| mode & SPECIAL != 0) {
+        let path = root.join(rel);
+        if std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode & 0o7777 & !SPECIAL)).is_ok() {
+            fixed.push(path);
         }
     }
     for p in &fixed {
@@ -36,6 +30,7 @@ pub fn strip_special_bits(root: &Path, since: SystemTime) -> Vec<std::path::Path
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn new_setuid_files_lose_the_bit() {
@@ -44,11 +39,14 @@ mod tests {
         std::fs::create_dir(dir.path().join("sub")).unwrap();
         std::fs::write(&f, b"#!/bin/sh\n").unwrap();
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        let fixed = strip_special_bits(dir.path(), SystemTime::now() - std::time::Duration::from_secs(5));
+        let snap = || Snapshot::take(dir.path());
+        let fixed = strip_special_bits(dir.path(), &snap(), SystemTime::now() - std::time::Duration::from_secs(5));
         assert_eq!(fixed, vec![f.clone()]);
         assert_eq!(std::fs::metadata(&f).unwrap().mode() & 0o7777, 0o755);
         // Files older than the session are left alone.
         std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o4755)).unwrap();
-        assert!(strip_special_bits(dir.path(), SystemTime::now() + std::time::Duration::from_secs(60)).is_empty());
+        assert!(
+            strip_special_bits(dir.path(), &snap(), SystemTime::now() + std::time::Duration::from_secs(60)).is_empty()
+        );
     }
 }

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -253,6 +253,6 @@ async fn reply(s: &mut UnixStream, d: &Decision) -> std::io::Result<()> {
 }
 
 /// Reads an audit log back, one JSON value per line (for `faize logs --net`).
-pub fn read_log(path: &PathBuf) -> std::io::Result<Vec<serde_json::Value>> {
+pub fn read_log(path: &Path) -> std::io::Result<Vec<serde_json::Value>> {
     Ok(std::fs::read_to_string(path)?.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
 }

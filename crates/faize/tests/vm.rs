@@ -567,7 +567,6 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         curl -sS -m 10 http://169.254.169.254/ >/dev/null 2>&1 || echo metadata=refused
         sudo nft flush ruleset
         curl -sS -m 5 http://93.184.216.34/ >/dev/null 2>&1 || echo flushed-root-bypass=refused
-        sudo sh -c 'echo x > /dev/udp/8.8.8.8/53' 2>/dev/null; echo udp-sent-into-nowhere
     "#
     );
     let ca = format!("{}:/mnt/ca.pem", cert.display());
@@ -619,7 +618,7 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         "byte counts: {log}"
     );
     assert!(se.contains("denied denied.test"), "{se}");
-    let logs = env.faize().args(["logs", "--net", kept_id(&env)]).output().unwrap();
+    let logs = env.faize().args(["logs", "--net", &kept_id(&env)]).output().unwrap();
     assert!(text(&logs.stdout).contains("dns     deny   denied.test"), "{}", text(&logs.stdout));
 
     // A running session's policy changes without a restart.
@@ -668,12 +667,12 @@ fn the_network_allowlist_is_enforced_on_the_host() {
 }
 
 /// The id of the one session of `env` that kept a network log.
-fn kept_id(env: &Env) -> &'static str {
+fn kept_id(env: &Env) -> String {
     let id = std::fs::read_dir(env.home.path().join("sessions"))
         .unwrap()
         .flatten()
         .find(|e| e.path().join("net.jsonl").exists())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .expect("a session");
-    Box::leak(id.into_boxed_str())
+    id
 }
