@@ -215,21 +215,24 @@ fn serve_dns(socket: UdpSocket, names: Arc<Mutex<Names>>) {
         let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
         // Malformed questions get no answer at all.
         let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
-        if let Some(answer) = answer(&query, &names) {
+        let allowed = |name: &str| {
+            matches!(ask(&NetRequest::Resolve { name: name.to_string() }), Some((_, NetReply::Allowed)))
+        };
+        if let Some(answer) = answer(&query, &names, allowed) {
             let _ = socket.send_to(&answer, from);
         }
     }
 }
 
-fn answer(query: &Message, names: &Mutex<Names>) -> Option<Vec<u8>> {
+/// The reply to one question; `allowed` asks the host whether a name may be resolved.
+fn answer(query: &Message, names: &Mutex<Names>, allowed: impl Fn(&str) -> bool) -> Option<Vec<u8>> {
     let q = query.queries.first()?.clone();
     let mut reply = Message::new(query.metadata.id, MessageType::Response, query.metadata.op_code);
     reply.metadata.recursion_desired = query.metadata.recursion_desired;
     reply.metadata.recursion_available = true;
     reply.queries.push(q.clone());
     let name = q.name().to_ascii().trim_end_matches('.').to_ascii_lowercase();
-    let allowed = matches!(ask(&NetRequest::Resolve { name: name.clone() }), Some((_, NetReply::Allowed)));
-    if !allowed {
+    if !allowed(&name) {
         reply.metadata.response_code = ResponseCode::NXDomain;
     } else if q.query_type() == RecordType::A {
         match names.lock().unwrap_or_else(|p| p.into_inner()).address_for(&name) {
@@ -275,4 +278,74 @@ fn splice(tcp: TcpStream, host: File) {
     }
     let _ = tcp_w.shutdown(std::net::Shutdown::Write);
     let _ = up.join();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::op::{OpCode, Query};
+    use std::ops::Not;
+    use hickory_proto::rr::Name;
+
+    fn ask_for(names: &Mutex<Names>, name: &str, kind: RecordType) -> Message {
+        let mut q = Message::new(7, MessageType::Query, OpCode::Query);
+        q.metadata.recursion_desired = true;
+        q.add_query(Query::query(Name::from_ascii(name).unwrap(), kind));
+        let wire = q.to_vec().unwrap();
+        let q = Message::from_vec(&wire).unwrap();
+        let reply = answer(&q, names, |n| n.ends_with("allowed.test")).expect("an answer");
+        Message::from_vec(&reply).unwrap()
+    }
+
+    #[test]
+    fn allowed_names_get_a_stable_synthetic_address_and_others_nxdomain() {
+        let names = Mutex::new(Names::default());
+        let a = ask_for(&names, "Www.Allowed.Test.", RecordType::A);
+        assert_eq!((a.metadata.id, a.metadata.response_code), (7, ResponseCode::NoError));
+        assert_eq!(a.queries.len(), 1, "the question is echoed");
+        let ip = match &a.answers[..] {
+            [r] => match &r.data {
+                RData::A(A(ip)) => *ip,
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(ip, Ipv4Addr::new(198, 18, 0, 2));
+        // The same name (any case) gets the same address; the next name the next one.
+        let again = ask_for(&names, "www.allowed.test.", RecordType::A);
+        assert_eq!(again.answers[0].data, RData::A(A(ip)));
+        let other = ask_for(&names, "api.allowed.test.", RecordType::A);
+        assert_eq!(other.answers[0].data, RData::A(A(Ipv4Addr::new(198, 18, 0, 3))));
+        assert_eq!(names.lock().unwrap().by_addr[&ip], "www.allowed.test");
+        // IPv6: no address, no error, so clients use IPv4.
+        let aaaa = ask_for(&names, "www.allowed.test.", RecordType::AAAA);
+        assert_eq!((aaaa.metadata.response_code, aaaa.answers.len()), (ResponseCode::NoError, 0));
+        // Denied names do not exist, whatever the type, and use no address.
+        for kind in [RecordType::A, RecordType::AAAA, RecordType::TXT, RecordType::MX] {
+            let no = ask_for(&names, "exfil.evil.test.", kind);
+            assert_eq!((no.metadata.response_code, no.answers.len()), (ResponseCode::NXDomain, 0), "{kind}");
+        }
+        assert_eq!(names.lock().unwrap().by_name.len(), 2);
+    }
+
+    #[test]
+    fn malformed_questions_get_no_answer() {
+        let names = Mutex::new(Names::default());
+        // No question at all.
+        let empty = Message::new(1, MessageType::Query, OpCode::Query);
+        assert!(answer(&empty, &names, |_| true).is_none());
+        // Garbage either does not decode (dropped before `answer`) or asks nothing.
+        for junk in [&b""[..], b"\x00", &[0xffu8; 11], &[0u8; 12], &[0u8; 40]] {
+            assert!(Message::from_vec(junk).is_ok_and(|m| answer(&m, &names, |_| true).is_some()).not(), "{junk:?}");
+        }
+        assert!(names.lock().unwrap().by_name.is_empty());
+    }
+
+    #[test]
+    fn the_synthetic_range_runs_out_cleanly() {
+        let mut names = Names { next: (1 << 17) - 3, ..Names::default() };
+        assert_eq!(names.address_for("last.test"), Some(Ipv4Addr::new(198, 19, 255, 255)));
+        assert_eq!(names.address_for("one-too-many.test"), None);
+        assert_eq!(names.address_for("last.test"), Some(Ipv4Addr::new(198, 19, 255, 255)));
+    }
 }

@@ -63,6 +63,8 @@ pub struct NetworkConfig {
     pub max_connections: Option<usize>,
     /// How long to wait for a server to accept a connection (default 10s).
     pub connect_timeout: Option<Scalar>,
+    /// The DNS server the proxy asks (IP[:port]); default: the host's resolver.
+    pub resolver: Option<String>,
 }
 
 /// Session defaults; flags override them.

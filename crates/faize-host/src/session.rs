@@ -379,6 +379,7 @@ async fn boot(
     let proxy = Proxy::new(
         policy.clone(),
         spec.network_hosts.clone(),
+        spec.network_resolver.clone(),
         &dirs.session.join(NET_LOG),
         spec.network_limits.clone(),
     );

@@ -67,6 +67,8 @@ pub struct SessionSpec {
     pub network: faize_net::Policy,
     /// `network.hosts`: names mapped to addresses explicitly.
     pub network_hosts: std::collections::HashMap<String, std::net::IpAddr>,
+    /// `network.resolver`: where the proxy resolves names.
+    pub network_resolver: faize_net::resolve::Resolver,
     pub network_limits: faize_net::proxy::Limits,
     pub cpus: u32,
     pub memory_mib: u64,
@@ -251,6 +253,12 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         network_limits.connect_timeout =
             parse_duration(&t.0).context("network.connect_timeout")?.context("network.connect_timeout cannot be 0")?;
     }
+    let network_resolver = match &config.network.resolver {
+        Some(text) => {
+            faize_net::resolve::Resolver::parse(text).map_err(|e| anyhow::anyhow!("network.resolver: {e}"))?
+        }
+        None => faize_net::resolve::Resolver::System,
+    };
     notices.extend(config.not_yet_supported().into_iter().map(|s| format!("config: {s}")));
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
@@ -267,6 +275,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         show_diff: !req.no_diff && config.claude.show_diff != Some(false),
         network,
         network_hosts,
+        network_resolver,
         network_limits,
         cpus,
         memory_mib,

@@ -5,5 +5,7 @@
 pub mod policy;
 pub mod presets;
 pub mod proxy;
+pub mod resolve;
+pub mod splice;
 
 pub use policy::{Decision, Policy, Rule, RuleError};

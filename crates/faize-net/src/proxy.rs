@@ -16,12 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 
 use crate::policy::{Decision, Policy};
+use crate::resolve::Resolver;
 
 /// The name that reaches the host's loopback, for the ports a rule names.
 pub const HOST_ALIAS: &str = "host.faize.internal";
-
-/// Buffer of each copy direction: large enough that bulk transfers cost few system calls.
-const COPY_BUFFER: usize = 256 * 1024;
 
 /// Raises this process's open-file limit to its hard limit (a proxy holds two descriptors per
 /// connection).
@@ -64,18 +62,26 @@ pub struct Proxy {
     policy: Arc<RwLock<Policy>>,
     /// Names mapped to addresses explicitly (`network.hosts`); used instead of DNS.
     hosts: HashMap<String, IpAddr>,
+    /// Where other names are resolved (`network.resolver`, else the host's resolver).
+    resolver: Resolver,
     log: Mutex<Option<std::fs::File>>,
     limits: Limits,
     slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Proxy {
-    pub fn new(policy: Arc<RwLock<Policy>>, hosts: HashMap<String, IpAddr>, log: &Path, limits: Limits) -> Self {
+    pub fn new(
+        policy: Arc<RwLock<Policy>>,
+        hosts: HashMap<String, IpAddr>,
+        resolver: Resolver,
+        log: &Path,
+        limits: Limits,
+    ) -> Self {
         let file = std::fs::OpenOptions::new().create(true).append(true).open(log).ok();
         let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections));
         let mut hosts = hosts;
         hosts.entry(HOST_ALIAS.into()).or_insert(IpAddr::from([127, 0, 0, 1]));
-        Self { policy, hosts, log: Mutex::new(file), limits, slots }
+        Self { policy, hosts, resolver, log: Mutex::new(file), limits, slots }
     }
 
     /// Serves guest connections until the listener fails.
@@ -151,9 +157,10 @@ impl Proxy {
         if !early.is_empty() && tcp.write_all(&early).await.is_err() {
             return;
         }
-        let (up, down) = tokio::io::copy_bidirectional_with_sizes(&mut guest, &mut tcp, COPY_BUFFER, COPY_BUFFER)
-            .await
-            .unwrap_or((0, 0));
+        let (up, down, error) = crate::splice::copy_bidirectional(&guest, &tcp).await;
+        if let Some(e) = error {
+            entry["error"] = e.to_string().into();
+        }
         entry["bytes_out"] = up.into();
         entry["bytes_in"] = down.into();
         entry["duration_ms"] = (started.elapsed().as_millis() as u64).into();
@@ -187,14 +194,9 @@ impl Proxy {
             }
             return (by_name, Some(SocketAddr::new(*ip, port)));
         }
-        let addrs = match tokio::net::lookup_host((name.as_str(), port)).await {
-            Ok(a) => a.collect::<Vec<_>>(),
-            Err(e) => {
-                return (
-                    Decision { allowed: false, rule: None, reason: Some(format!("cannot resolve {name}: {e}")) },
-                    None,
-                )
-            }
+        let addrs = match self.resolver.lookup(&name, port).await {
+            Ok(a) => a,
+            Err(why) => return (Decision { allowed: false, rule: None, reason: Some(why) }, None),
         };
         let mut last = Decision { allowed: false, rule: None, reason: Some(format!("{name} has no address")) };
         for a in addrs {

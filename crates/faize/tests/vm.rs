@@ -522,6 +522,62 @@ impl Drop for HttpServer {
     }
 }
 
+/// A DNS server on the host's loopback that answers names an attacker controls with addresses
+/// they should not reach (DNS rebinding): `rebind.test` → 127.0.0.1, `meta.test` →
+/// 169.254.169.254; other names: NXDOMAIN. Stopped when dropped.
+struct RebindingDns {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RebindingDns {
+    fn start() -> Self {
+        let program = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1], flush=True)
+answers = {b"rebind.test": "127.0.0.1", b"meta.test": "169.254.169.254"}
+while True:
+    q, peer = s.recvfrom(512)
+    i, labels = 12, []
+    while q[i]:
+        labels.append(q[i + 1:i + 1 + q[i]])
+        i += 1 + q[i]
+    qtype = struct.unpack(">H", q[i + 1:i + 3])[0]
+    ip = answers.get(b".".join(labels).lower())
+    rr = b""
+    if ip and qtype == 1:
+        rr = b"\xc0\x0c" + struct.pack(">HHIH", 1, 1, 60, 4) + socket.inet_aton(ip)
+    flags = 0x8180 if ip else 0x8183
+    s.sendto(q[:2] + struct.pack(">HHHHH", flags, 1, 1 if rr else 0, 0, 0) + q[12:i + 5] + rr, peer)
+"#;
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", program])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("python3 for the test DNS server");
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.take().unwrap()), &mut line).unwrap();
+        RebindingDns { port: line.trim().parse().expect("the DNS server's port"), child }
+    }
+}
+
+impl Drop for RebindingDns {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The host's own address on its main interface (not loopback).
+fn host_address() -> std::net::IpAddr {
+    let probe = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    probe.connect("192.0.2.255:9").or_else(|_| probe.connect("8.8.8.8:53")).expect("a route off the host");
+    probe.local_addr().unwrap().ip()
+}
+
 #[test]
 fn the_network_allowlist_is_enforced_on_the_host() {
     if !vm_tests_enabled() {
@@ -548,9 +604,12 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     assert!(made.status.success(), "openssl: {}", text(&made.stderr));
     let tls_server = HttpServer::start(www.path(), Some((&cert, &key)));
     let tls_port = tls_server.port;
-    env.config(
-        "network:\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n    tls.test: 127.0.0.1\n",
-    );
+    let dns = RebindingDns::start();
+    env.config(&format!(
+        "network:\n  resolver: 127.0.0.1:{}\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n    tls.test: 127.0.0.1\n",
+        dns.port
+    ));
+    let host_ip = host_address();
     let project = tempfile::tempdir().unwrap();
     let script = format!(
         r#"
@@ -565,14 +624,26 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         curl -sS -m 10 http://allowed.test:1/ >/dev/null 2>&1 || echo other-port=refused
         curl -sS -m 10 http://127.0.0.1:{port}/hello.txt >/dev/null 2>&1 || echo guest-loopback-is-not-the-host=yes
         curl -sS -m 10 http://169.254.169.254/ >/dev/null 2>&1 || echo metadata=refused
+        curl -sS -m 10 http://rebind.test:{port}/hello.txt >/dev/null 2>&1 || echo rebind-loopback=refused
+        curl -sS -m 10 http://meta.test/ >/dev/null 2>&1 || echo rebind-metadata=refused
+        curl -sS -m 10 http://{host_ip}:{port}/hello.txt >/dev/null 2>&1 || echo host-address=refused
+        python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(bytes(12), ("1.1.1.1", 53)); s.recv(512)' 2>/dev/null || echo outside-resolver=refused
         sudo nft flush ruleset
         curl -sS -m 5 http://93.184.216.34/ >/dev/null 2>&1 || echo flushed-root-bypass=refused
+        sudo python3 -c 'import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.settimeout(3); s.sendto(bytes(12), ("1.1.1.1", 53)); s.recv(512)' 2>/dev/null || echo flushed-outside-resolver=refused
     "#
     );
     let ca = format!("{}:/mnt/ca.pem", cert.display());
     let (allow, allow_tls) = (format!("allowed.test:{port}"), format!("tls.test:{tls_port}"));
     let p = project.path().to_str().unwrap();
-    let out = env.run(&["run", "-p", p, "-m", &ca, "-n", &allow, "-n", &allow_tls, "--", "sh", "-c", &script], b"");
+    let rebind = format!("rebind.test:{port}");
+    let out = env.run(
+        &["run", "-p", p, "-m", &ca, "-n", &allow, "-n", &allow_tls, "-n", &rebind, "-n", "meta.test"]
+            .into_iter()
+            .chain(["--", "sh", "-c", &script])
+            .collect::<Vec<_>>(),
+        b"",
+    );
     let (so, se) = (text(&out.stdout), text(&out.stderr));
     assert_eq!(out.status.code(), Some(0), "{so}{se}");
     let want_big = {
@@ -595,6 +666,11 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         "guest-loopback-is-not-the-host=yes".to_string(),
         "metadata=refused".to_string(),
         "flushed-root-bypass=refused".to_string(),
+        "rebind-loopback=refused".to_string(),
+        "rebind-metadata=refused".to_string(),
+        "host-address=refused".to_string(),
+        "outside-resolver=refused".to_string(),
+        "flushed-outside-resolver=refused".to_string(),
     ] {
         assert!(so.contains(&want), "expected {want}:\n{so}\n{se}");
     }
@@ -613,6 +689,14 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     assert!(has("dns", "allowed.test", "allow") && has("connect", "allowed.test", "allow"), "{log}");
     assert!(has("dns", "denied.test", "deny"), "{log}");
     assert!(has("connect", "169.254.169.254", "deny"), "{log}");
+    // Names the rules allow but the resolver points at forbidden addresses: refused by the host.
+    let reason = |name: &str| {
+        let e = lines.iter().find(|e| e["event"] == "connect" && e["name"] == name).expect(name);
+        e["reason"].as_str().unwrap_or_default().to_string()
+    };
+    assert!(has("connect", "rebind.test", "deny") && reason("rebind.test").contains("127.0.0.1 is"), "{log}");
+    assert!(has("connect", "meta.test", "deny") && reason("meta.test").contains("169.254.169.254 is"), "{log}");
+    assert!(has("connect", &host_ip.to_string(), "deny"), "{log}");
     assert!(
         lines.iter().any(|e| e["event"] == "connect" && e["bytes_in"].as_u64().unwrap_or(0) > 20 << 20),
         "byte counts: {log}"
