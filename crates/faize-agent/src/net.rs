@@ -215,9 +215,8 @@ fn serve_dns(socket: UdpSocket, names: Arc<Mutex<Names>>) {
         let Ok((n, from)) = socket.recv_from(&mut buf) else { continue };
         // Malformed questions get no answer at all.
         let Ok(query) = Message::from_vec(&buf[..n]) else { continue };
-        let allowed = |name: &str| {
-            matches!(ask(&NetRequest::Resolve { name: name.to_string() }), Some((_, NetReply::Allowed)))
-        };
+        let allowed =
+            |name: &str| matches!(ask(&NetRequest::Resolve { name: name.to_string() }), Some((_, NetReply::Allowed)));
         if let Some(answer) = answer(&query, &names, allowed) {
             let _ = socket.send_to(&answer, from);
         }
@@ -284,8 +283,8 @@ fn splice(tcp: TcpStream, host: File) {
 mod tests {
     use super::*;
     use hickory_proto::op::{OpCode, Query};
-    use std::ops::Not;
     use hickory_proto::rr::Name;
+    use std::ops::Not;
 
     fn ask_for(names: &Mutex<Names>, name: &str, kind: RecordType) -> Message {
         let mut q = Message::new(7, MessageType::Query, OpCode::Query);

@@ -14,7 +14,6 @@ use faize_protocol::{
     MAX_CHUNK,
 };
 use nix::sys::signal::{killpg, Signal};
-use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::channel::Channel;
@@ -109,7 +108,7 @@ pub fn run(channel: &Channel, exec: Exec) -> Result<ExitStatus, String> {
     let pid = Pid::from_raw(child.id() as i32);
     spawn_control(channel.clone(), input, pid);
 
-    let status = reap_until(pid)?;
+    let status = reaper::wait(pid);
     let deadline = std::time::Instant::now() + DRAIN_LIMIT;
     for _ in 0..readers {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
@@ -120,16 +119,59 @@ pub fn run(channel: &Channel, exec: Exec) -> Result<ExitStatus, String> {
     Ok(status)
 }
 
-/// Reaps every child (PID 1 inherits orphans) until `pid` exits, and returns its status.
-fn reap_until(pid: Pid) -> Result<ExitStatus, String> {
-    loop {
-        match waitpid(None::<Pid>, None) {
-            Ok(WaitStatus::Exited(p, code)) if p == pid => return Ok(ExitStatus { code, signal: 0 }),
-            Ok(WaitStatus::Signaled(p, sig, _)) if p == pid => {
-                return Ok(ExitStatus { code: 128 + sig as i32, signal: sig as i32 })
+/// PID 1 reaps every child (orphans included) on one thread and hands each program's status to
+/// whoever waits for it, so several programs (the session's and `faize exec`'s) can run at once.
+/// It starts with the first program, after the set-up's own commands have been waited for.
+mod reaper {
+    use std::collections::HashMap;
+    use std::sync::{Condvar, Mutex, Once};
+
+    use faize_protocol::ExitStatus;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::Pid;
+
+    /// Statuses not claimed yet (orphans' never are: the map is emptied when it gets this big).
+    const UNCLAIMED_LIMIT: usize = 65_536;
+
+    static EXITED: Mutex<Option<HashMap<i32, ExitStatus>>> = Mutex::new(None);
+    static CHANGED: Condvar = Condvar::new();
+    static START: Once = Once::new();
+
+    /// Waits until `pid` (a child of this process) has exited and returns its status.
+    pub fn wait(pid: Pid) -> ExitStatus {
+        START.call_once(|| {
+            std::thread::spawn(reap);
+        });
+        CHANGED.notify_all();
+        let mut exited = EXITED.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(s) = exited.get_or_insert_default().remove(&pid.as_raw()) {
+                return s;
             }
-            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
-            Err(e) => return Err(format!("waitpid: {e}")),
+            exited = CHANGED.wait(exited).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn reap() {
+        loop {
+            let (pid, status) = match waitpid(None::<Pid>, None) {
+                Ok(WaitStatus::Exited(p, code)) => (p, ExitStatus { code, signal: 0 }),
+                Ok(WaitStatus::Signaled(p, sig, _)) => (p, ExitStatus { code: 128 + sig as i32, signal: sig as i32 }),
+                Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+                // No child at the moment: wait until a program is started.
+                Err(_) => {
+                    let exited = EXITED.lock().unwrap_or_else(|p| p.into_inner());
+                    let _ = CHANGED.wait_timeout(exited, std::time::Duration::from_millis(200));
+                    continue;
+                }
+            };
+            let mut exited = EXITED.lock().unwrap_or_else(|p| p.into_inner());
+            let map = exited.get_or_insert_default();
+            if map.len() >= UNCLAIMED_LIMIT {
+                map.clear();
+            }
+            map.insert(pid.as_raw(), status);
+            CHANGED.notify_all();
         }
     }
 }
@@ -212,12 +254,35 @@ fn spawn_control(channel: Channel, mut input: Input, pid: Pid) {
                         let _ = killpg(pid, Signal::SIGKILL);
                     });
                 }
+                HostMsg::OpenExec { token } => {
+                    std::thread::spawn(move || exec_channel(token));
+                }
                 HostMsg::Setup(_) | HostMsg::Exec(_) => {
                     let _ = channel.send(&GuestMsg::Stderr(b"faize-agent: ignoring an unexpected message\n".to_vec()));
                 }
             }
         }
     });
+}
+
+/// One `faize exec`: a new connection to the host, the program it sends, its exit status.
+fn exec_channel(token: u64) {
+    let Ok(channel) = Channel::connect() else { return };
+    if channel.send(&GuestMsg::ExecChannel { token }).is_err() {
+        return;
+    }
+    let exec = match channel.recv() {
+        Ok(Some(HostMsg::Exec(e))) => e,
+        _ => return,
+    };
+    let status = match run(&channel, exec) {
+        Ok(s) => s,
+        Err(e) => {
+            let _ = channel.send(&GuestMsg::Stderr(format!("faize-agent: {e}\n").into_bytes()));
+            ExitStatus { code: EXIT_CANNOT_EXEC, signal: 0 }
+        }
+    };
+    let _ = channel.send(&GuestMsg::Exit(status));
 }
 
 fn dup(fd: &OwnedFd) -> Result<OwnedFd, String> {

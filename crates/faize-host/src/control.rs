@@ -1,10 +1,12 @@
 //! A running session's control socket: `faize network allow|deny ID RULE` change its network
-//! policy without a restart. One JSON request per line (`{"op": "allow"|"deny", "rule": "..."}`),
-//! one JSON answer per line (`{"ok": true}` or `{"ok": false, "error": "..."}`). The socket lives
-//! in the session's private runtime folder (mode 0700).
+//! policy without a restart, `faize kill ID` stops it. One JSON request per line
+//! (`{"op": "allow"|"deny", "rule": "..."}` or `{"op": "stop", "grace_ms": N}`), one JSON answer
+//! per line (`{"ok": true}` or `{"ok": false, "error": "..."}`). The socket lives in the
+//! session's private runtime folder (mode 0700).
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use faize_net::proxy::Proxy;
@@ -18,10 +20,14 @@ pub const SOCKET: &str = "control.sock";
 /// Longest request accepted.
 const MAX_REQUEST: usize = 4096;
 
+/// Called with the grace period when a stop is asked for.
+pub type OnStop = Box<dyn Fn(Duration) + Send + Sync>;
+
 /// Serves control requests for the session's life.
-pub async fn serve(listener: UnixListener, policy: Arc<RwLock<Policy>>, proxy: Arc<Proxy>) {
+pub async fn serve(listener: UnixListener, policy: Arc<RwLock<Policy>>, proxy: Arc<Proxy>, on_stop: OnStop) {
+    let on_stop = Arc::new(on_stop);
     while let Ok((stream, _)) = listener.accept().await {
-        let (policy, proxy) = (policy.clone(), proxy.clone());
+        let (policy, proxy, on_stop) = (policy.clone(), proxy.clone(), on_stop.clone());
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut line = String::new();
@@ -30,7 +36,11 @@ pub async fn serve(listener: UnixListener, policy: Arc<RwLock<Policy>>, proxy: A
                 return;
             }
             let answer = match apply(&line, &policy) {
-                Ok((op, rule)) => {
+                Ok(Applied::Stop(grace)) => {
+                    on_stop(grace);
+                    serde_json::json!({"ok": true})
+                }
+                Ok(Applied::Policy(op, rule)) => {
                     proxy.log(serde_json::json!({"event": "policy", "op": op, "rule": rule}));
                     serde_json::json!({"ok": true})
                 }
@@ -41,8 +51,17 @@ pub async fn serve(listener: UnixListener, policy: Arc<RwLock<Policy>>, proxy: A
     }
 }
 
-fn apply(line: &str, policy: &RwLock<Policy>) -> Result<(String, String)> {
+enum Applied {
+    Policy(String, String),
+    Stop(Duration),
+}
+
+fn apply(line: &str, policy: &RwLock<Policy>) -> Result<Applied> {
     let req: serde_json::Value = serde_json::from_str(line).context("the request is not JSON")?;
+    if req["op"] == "stop" {
+        let grace = req["grace_ms"].as_u64().context("stop needs grace_ms")?;
+        return Ok(Applied::Stop(Duration::from_millis(grace.min(3_600_000))));
+    }
     let (Some(op), Some(rule)) = (req["op"].as_str(), req["rule"].as_str()) else {
         bail!("a request needs op and rule");
     };
@@ -56,7 +75,7 @@ fn apply(line: &str, policy: &RwLock<Policy>) -> Result<(String, String)> {
         }
         _ => bail!("unknown op {op:?}: use allow or deny"),
     }
-    Ok((op.to_string(), rule.to_string()))
+    Ok(Applied::Policy(op.to_string(), rule.to_string()))
 }
 
 /// Finds the control socket of the running session `id` (a unique prefix is enough).
@@ -77,12 +96,21 @@ pub fn find(id: &str) -> Result<PathBuf> {
     }
 }
 
-/// Sends one request to a running session.
+/// Sends one policy change to a running session.
 pub fn send(socket: &Path, op: &str, rule: &str) -> Result<()> {
+    request(socket, &serde_json::json!({"op": op, "rule": rule}))
+}
+
+/// Asks a running session to stop, giving its program `grace` after SIGTERM.
+pub fn stop(socket: &Path, grace: Duration) -> Result<()> {
+    request(socket, &serde_json::json!({"op": "stop", "grace_ms": grace.as_millis() as u64}))
+}
+
+fn request(socket: &Path, body: &serde_json::Value) -> Result<()> {
     use std::io::{BufRead, Write};
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .with_context(|| format!("connecting to the session at {}", socket.display()))?;
-    writeln!(s, "{}", serde_json::json!({"op": op, "rule": rule}))?;
+    writeln!(s, "{body}")?;
     let mut line = String::new();
     std::io::BufReader::new(s).read_line(&mut line)?;
     let answer: serde_json::Value = serde_json::from_str(&line).context("the session's answer is not JSON")?;

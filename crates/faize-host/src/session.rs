@@ -1,7 +1,8 @@
-//! One session from start to end: the session folder and scratch disk, the sidecars and QEMU,
-//! the conversation with the guest agent, the user's terminal, the timeout, and the clean-up.
+//! One session from start to end, run by its supervisor ([`crate::supervisor`]): the session
+//! folder and scratch disk, the sidecars and QEMU, the conversation with the guest agent, the
+//! attached terminal (if any, over [`crate::attach`]), `faize exec` programs, the timeout, and
+//! the clean-up.
 
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, RwLock};
@@ -10,21 +11,21 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use faize_net::proxy::Proxy;
 use faize_protocol::net::NET_PORT;
-use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, CONTROL_PORT};
+use faize_protocol::{encode_frame, Exec, ExitStatus, FrameBuf, GuestMsg, HostMsg, Setup, WinSize, CONTROL_PORT};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::agent_config;
+use crate::attach::{self, Frame, ToSupervisor, ToTerminal};
 use crate::changes::{self, ShareChanges, Snapshot};
 use crate::home::{find_program, vars, FaizeHome};
 use crate::mounts::MountKind;
 use crate::process::{self, tail, Helper};
 use crate::shares;
 use crate::spec::{credentials_dir, SessionSpec};
-use crate::terminal::{window_size, EscapeFilter, RawMode};
 use crate::vmm::{self, QemuSpec};
 
 /// The session's network audit log, in its folder.
@@ -39,9 +40,7 @@ pub mod exit_code {
 }
 
 /// How long the program gets between SIGTERM and SIGKILL when the session is stopped.
-const STOP_GRACE: Duration = Duration::from_secs(10);
-/// The same after `~.`, where the user wants out now.
-const ESCAPE_GRACE: Duration = Duration::from_secs(2);
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 /// From QEMU's start to the agent's handshake, and from there to ready.
 const BOOT_LIMIT: Duration = Duration::from_secs(180);
 
@@ -76,7 +75,7 @@ impl Tools {
 }
 
 /// The image files a session boots.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Images {
     pub kernel: PathBuf,
     pub initramfs: PathBuf,
@@ -94,24 +93,26 @@ impl Timings {
     fn mark(&mut self, what: &'static str) {
         self.marks.push((what, self.start.elapsed()));
     }
-    fn report(&self) {
-        if std::env::var_os("FAIZE_TIMINGS").is_some() {
-            let fields: Vec<String> =
-                self.marks.iter().map(|(k, d)| format!("\"{k}\":{:.1}", d.as_secs_f64() * 1000.0)).collect();
-            eprintln!("faize-timings: {{{}}}", fields.join(","));
+    /// The `faize-timings:` line, when `FAIZE_TIMINGS` is set.
+    fn report(&self) -> String {
+        if std::env::var_os("FAIZE_TIMINGS").is_none() {
+            return String::new();
         }
+        let fields: Vec<String> =
+            self.marks.iter().map(|(k, d)| format!("\"{k}\":{:.1}", d.as_secs_f64() * 1000.0)).collect();
+        format!("faize-timings: {{{}}}\n", fields.join(","))
     }
 }
 
 /// The session's folders: logs and scratch disk under `~/.faize/sessions/<id>`, sockets under a
 /// short private runtime folder (Unix socket paths are limited to 108 bytes).
-struct Dirs {
-    session: PathBuf,
-    runtime: PathBuf,
+pub struct Dirs {
+    pub session: PathBuf,
+    pub runtime: PathBuf,
 }
 
 impl Dirs {
-    fn create(home: &FaizeHome, id: &str) -> Result<Self> {
+    pub fn create(home: &FaizeHome, id: &str) -> Result<Self> {
         use std::os::unix::fs::{DirBuilderExt, MetadataExt};
         let session = home.sessions().join(id);
         std::fs::DirBuilder::new()
@@ -136,12 +137,41 @@ impl Dirs {
     }
 }
 
-/// Runs a session to its end and returns faize's exit code.
-pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &Images) -> Result<i32> {
+/// What the supervisor knows of the user's terminal when the session starts.
+#[derive(Debug, Clone, Default)]
+pub struct TerminalInfo {
+    /// The program's pseudo-terminal size (interactive sessions).
+    pub tty: Option<WinSize>,
+    /// TERM and COLORTERM.
+    pub term_env: Vec<(String, String)>,
+}
+
+/// How a session ended, with faize's exit code and the text for the user.
+#[derive(Debug)]
+pub struct Outcome {
+    pub status: crate::state::Status,
+    pub code: i32,
+    /// Why, when it was not the program's own choice.
+    pub reason: Option<String>,
+    /// The end-of-session report: change summary, denied names, errors.
+    pub report: String,
+}
+
+/// Runs a session to its end. `first` is the terminal that launched it, if it stays attached;
+/// `on_running` is called once the program runs.
+pub async fn run(
+    spec: &SessionSpec,
+    home: &FaizeHome,
+    tools: &Tools,
+    images: &Images,
+    dirs: &Dirs,
+    terminal: &TerminalInfo,
+    first: Option<UnixStream>,
+    on_running: &mut dyn FnMut(),
+) -> Outcome {
     let mut timings = Timings { start: Instant::now(), marks: Vec::new() };
-    let dirs = Dirs::create(home, &spec.id)?;
     let mut helpers: Vec<Helper> = Vec::new();
-    let mut signals = Signals::new()?;
+    let mut report = String::new();
     faize_net::proxy::raise_fd_limit();
     // The change summary's baseline is taken while the VM boots; the guest sees the shares only
     // after it is complete.
@@ -154,8 +184,9 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
             (snapshots, started.elapsed())
         })
     }));
-    let launch = Launch { spec, tools, images, dirs: &dirs, home };
-    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut signals, &mut baseline).await;
+    let launch = Launch { spec, tools, images, dirs, home, terminal };
+    let mut terminals = Terminals::new(first);
+    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut baseline, &mut terminals, on_running).await;
     // All at once, QEMU first (it holds the sidecars' sockets). The sidecars are reaped now (no
     // write reaches the shares after this); QEMU, which takes longest to release guest memory,
     // is reaped at the very end.
@@ -175,39 +206,55 @@ pub async fn run(spec: &SessionSpec, home: &FaizeHome, tools: &Tools, images: &I
     for (root, snapshot) in roots.iter().zip(&after).chain([(&toolchain, &Snapshot::take(&toolchain))]) {
         crate::sweep::strip_special_bits(root, snapshot, since);
     }
-    save_agent_credentials(spec, home, &dirs.session);
+    report += &save_agent_credentials(spec, home, &dirs.session);
     if let Baseline::Taken(before, took) = baseline {
         timings.marks.push(("baseline_walk", took));
         let changes: Vec<ShareChanges> =
             roots.iter().zip(&before).zip(&after).map(|((root, b), a)| changes::diff(root, b, a)).collect();
-        eprint!("{}", changes::render(&changes).lines().map(|l| format!("faize: {l}\n")).collect::<String>());
+        report += &changes::render(&changes).lines().map(|l| format!("faize: {l}\n")).collect::<String>();
         if let Err(e) = changes::save(&dirs.session, &spec.id, &changes) {
-            eprintln!("faize: could not save the change summary: {e:#}");
+            report += &format!("faize: could not save the change summary: {e:#}\n");
         }
         timings.marks.push(("diff_walk", walk_started.elapsed()));
         timings.mark("changes_listed");
     }
-    report_denied(&dirs.session.join(NET_LOG));
+    report += &report_denied(&dirs.session.join(NET_LOG));
     let _ = std::fs::remove_dir_all(&dirs.runtime);
     tidy_session_dir(&dirs.session, !matches!(result, Ok(Ending::Exited(_))));
     // QEMU got SIGKILL above and can no longer run; the kernel needs ~40 ms to release 4 GiB of
-    // guest memory mappings. Reap it if it is already gone; otherwise do not make the user wait:
-    // the kernel finishes the release and init reaps it.
+    // guest memory mappings. Reap it if it is already gone; otherwise do not wait: the kernel
+    // finishes the release and init reaps it.
     if let Some(mut qemu) = qemu {
         let _ = tokio::time::timeout(Duration::from_millis(2), qemu.stop()).await;
     }
     timings.mark("done");
-    timings.report();
-    match result {
-        Ok(Ending::Exited(s)) => Ok(s.code),
-        Ok(Ending::TimedOut) => Ok(exit_code::TIMEOUT),
-        Err(e) => Err(e.context(format!("session {} failed; its logs are in {}", spec.id, dirs.session.display()))),
-    }
+    report += &timings.report();
+    use crate::state::Status;
+    let outcome = match result {
+        Ok(Ending::Exited(s)) => Outcome { status: Status::Exited, code: s.code, reason: None, report },
+        Ok(Ending::Stopped(s, why)) => Outcome { status: Status::Killed, code: s.code, reason: Some(why), report },
+        Ok(Ending::TimedOut) => {
+            let t = crate::units::format_duration(spec.timeout.unwrap_or_default());
+            Outcome {
+                status: Status::TimedOut,
+                code: exit_code::TIMEOUT,
+                reason: Some(format!("timed out after {t}")),
+                report,
+            }
+        }
+        Err(e) => {
+            let why = format!("session {} failed: {e:#}\nits logs are in {}", spec.id, dirs.session.display());
+            report += &format!("faize: {why}\n");
+            Outcome { status: Status::Crashed, code: exit_code::FAIZE_ERROR, reason: Some(why), report }
+        }
+    };
+    terminals.end(outcome.code, &outcome.report).await;
+    outcome
 }
 
 /// Lists the names the session was refused, each with the rule that would allow it.
-fn report_denied(log: &Path) {
-    let Ok(entries) = faize_net::proxy::read_log(log) else { return };
+fn report_denied(log: &Path) -> String {
+    let Ok(entries) = faize_net::proxy::read_log(log) else { return String::new() };
     let mut denied: Vec<String> = entries
         .iter()
         .filter(|e| e["decision"] == "deny")
@@ -221,26 +268,32 @@ fn report_denied(log: &Path) {
         .collect();
     denied.sort();
     denied.dedup();
+    let mut out = String::new();
     for d in denied.iter().take(20) {
-        eprintln!("faize: network: denied {d} (to allow it, add `- {d}` under networks: in the config, or -n {d})");
+        out += &format!(
+            "faize: network: denied {d} (to allow it, add `- {d}` under networks: in the config, or -n {d})\n"
+        );
     }
     if denied.len() > 20 {
-        eprintln!("faize: network: {} more denied; see {}", denied.len() - 20, log.display());
+        out += &format!("faize: network: {} more denied; see {}\n", denied.len() - 20, log.display());
     }
+    out
 }
 
-/// Empties the session folder at the end: a normal end keeps only the change summary (for
-/// `faize diff`); after a failure or a timeout, the logs stay too.
+/// Empties the session folder at the end: a normal end keeps the state, the change summary (for
+/// `faize diff`) and the network log; after a failure or a timeout, the logs stay too. The
+/// folder itself stays until `faize prune`.
 fn tidy_session_dir(dir: &Path, keep_logs: bool) {
+    use crate::state::{LOCK_FILE, STATE_FILE};
+    let keep = [changes::FILE, NET_LOG, STATE_FILE, LOCK_FILE, crate::supervisor::LOG];
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let log = name.to_string_lossy().ends_with(".log");
-        if name != changes::FILE && name != NET_LOG && !(keep_logs && log) {
+        if !keep.iter().any(|k| name == *k) && !(keep_logs && log) {
             let p = entry.path();
             let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
     }
-    let _ = std::fs::remove_dir(dir); // only if empty
 }
 
 /// The change summary's starting point.
@@ -272,25 +325,29 @@ fn writable_roots(spec: &SessionSpec) -> Vec<PathBuf> {
 }
 
 /// Keeps the agent's credentials if asked (whatever ended the session) and removes the staged
-/// configuration.
-fn save_agent_credentials(spec: &SessionSpec, home: &FaizeHome, session: &Path) {
+/// configuration; returns what to tell the user.
+fn save_agent_credentials(spec: &SessionSpec, home: &FaizeHome, session: &Path) -> String {
     let staged = session.join(shares::AGENT_CONFIG_DIR);
     if !staged.exists() {
-        return;
+        return String::new();
     }
+    let mut said = String::new();
     if spec.persist_credentials {
         let store = agent_config::stored_credentials(&credentials_dir(&home.root));
         match agent_config::save_credentials(&staged, &store) {
-            Ok(true) => eprintln!("faize: saved the agent's credentials to {}", store.display()),
+            Ok(true) => said = format!("faize: saved the agent's credentials to {}\n", store.display()),
             Ok(false) => {}
-            Err(e) => eprintln!("faize: could not save the agent's credentials: {e:#}"),
+            Err(e) => said = format!("faize: could not save the agent's credentials: {e:#}\n"),
         }
     }
     let _ = std::fs::remove_dir_all(&staged);
+    said
 }
 
 enum Ending {
     Exited(ExitStatus),
+    /// Stopped by `faize kill` or a signal to the supervisor (the program's status, and why).
+    Stopped(ExitStatus, String),
     TimedOut,
 }
 
@@ -307,25 +364,26 @@ struct Launch<'a> {
     images: &'a Images,
     dirs: &'a Dirs,
     home: &'a FaizeHome,
+    terminal: &'a TerminalInfo,
 }
 
 async fn boot_and_run(
     launch: &Launch<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
-    signals: &mut Signals,
     baseline: &mut Baseline,
+    terminals: &mut Terminals,
+    on_running: &mut dyn FnMut(),
 ) -> Result<Ending> {
-    let (spec, dirs) = (launch.spec, launch.dirs);
-    let (rd, wr, frames) = tokio::select! {
-        r = boot(launch, helpers, timings, baseline) => r?,
+    let mut signals = Signals::new()?;
+    let booted = tokio::select! {
+        r = boot(launch, helpers, timings, baseline, terminals) => r?,
         sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
     };
-    let raw = if spec.interactive { Some(RawMode::enter()?) } else { None };
-    let qemu = helpers.last_mut().expect("boot started QEMU");
-    let ending = relay(spec, rd, wr, frames, qemu, timings, signals).await;
-    drop(raw);
-    ending.map_err(|e| anyhow::anyhow!(crash_report(dirs, &format!("{e:#}"))))
+    on_running();
+    terminals.running(&launch.spec.id).await;
+    let ending = relay(launch, terminals, booted, helpers, timings, &mut signals).await;
+    ending.map_err(|e| anyhow::anyhow!(crash_report(launch.dirs, &format!("{e:#}"))))
 }
 
 /// Everything up to the program's start: scratch disk, sidecars, QEMU, handshake, setup, Exec.
@@ -334,8 +392,9 @@ async fn boot(
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
     baseline: &mut Baseline,
-) -> Result<(OwnedReadHalf, OwnedWriteHalf, FrameBuf)> {
-    let Launch { spec, tools, images, dirs, home } = *launch;
+    terminals: &mut Terminals,
+) -> Result<Booted> {
+    let Launch { spec, tools, images, dirs, home, terminal } = *launch;
     let scratch = dirs.session.join("scratch.img");
     make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
     timings.mark("scratch_ready");
@@ -385,10 +444,6 @@ async fn boot(
     );
     let proxy = Arc::new(proxy);
     tokio::spawn(proxy.clone().serve(net_listener));
-    // `faize network allow|deny ID RULE` reach the running session here.
-    let control =
-        UnixListener::bind(dirs.runtime.join(crate::control::SOCKET)).context("creating the control socket")?;
-    tokio::spawn(crate::control::serve(control, policy, proxy));
     helpers.push(process::spawn("qemu", &tools.qemu, &vmm::qemu_args(&qemu_spec), &dirs.session.join("qemu.log"))?);
     timings.mark("qemu_spawned");
     let qemu = helpers.last_mut().expect("qemu was just added");
@@ -400,28 +455,12 @@ async fn boot(
         s = qemu.child.wait() => bail!(crash_report(&format!("the VM stopped before its agent started ({})", s?))),
         _ = tokio::time::sleep(BOOT_LIMIT) => bail!(crash_report("the guest agent did not connect within 3 minutes")),
     };
-    drop(listener);
-    let _ = std::fs::remove_file(&listener_path);
     timings.mark("agent_connected");
 
     let (mut rd, mut wr) = stream.into_split();
     let mut frames = FrameBuf::default();
-    let mut buf = vec![0u8; 128 * 1024];
     // Handshake and setup; the guest is not trusted to answer in time.
-    let mut next_msg =
-        async |rd: &mut tokio::net::unix::OwnedReadHalf, frames: &mut FrameBuf| -> Result<Option<GuestMsg>> {
-            loop {
-                if let Some(m) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
-                    return Ok(Some(m));
-                }
-                let n = rd.read(&mut buf).await?;
-                if n == 0 {
-                    return Ok(None);
-                }
-                frames.extend(&buf[..n]);
-            }
-        };
-    let hello = tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
+    let hello = tokio::time::timeout(BOOT_LIMIT, next_guest_msg(&mut rd, &mut frames))
         .await
         .context("waiting for the agent's hello")??;
     match hello {
@@ -445,37 +484,47 @@ async fn boot(
     baseline.complete().await?;
     wr.write_all(&encode_frame(&HostMsg::Setup(setup))).await?;
     loop {
-        match tokio::time::timeout(BOOT_LIMIT, next_msg(&mut rd, &mut frames))
+        match tokio::time::timeout(BOOT_LIMIT, next_guest_msg(&mut rd, &mut frames))
             .await
             .context("waiting for the guest to get ready")??
         {
             Some(GuestMsg::Ready) => break,
             // Warnings from the agent's set-up (e.g. no network).
-            Some(GuestMsg::Stderr(d)) => eprint!("{}", String::from_utf8_lossy(&d)),
+            Some(GuestMsg::Stderr(d)) => terminals.output(Frame::ErrData(d)).await,
             Some(GuestMsg::Fatal(m)) => bail!(crash_report(&format!("the guest could not start: {m}"))),
             other => bail!(crash_report(&format!("expected ready from the agent, got {other:?}"))),
         }
     }
     timings.mark("guest_ready");
 
-    let tty_size = if spec.interactive {
-        window_size(std::io::stdout().as_fd()).or(Some(faize_protocol::WinSize { rows: 24, cols: 80 }))
-    } else {
-        None
-    };
-    let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
-    env.extend(shares::toolchain_env());
-    if spec.interactive {
-        for key in ["TERM", "COLORTERM"] {
-            if let Ok(v) = std::env::var(key) {
-                env.push((key.into(), v));
-            }
-        }
-    }
-    let exec = Exec { argv: spec.command.clone(), env, cwd: project, tty: tty_size };
+    let tty = spec.interactive.then(|| terminal.tty.unwrap_or(WinSize { rows: 24, cols: 80 }));
+    let exec = program(spec, spec.command.clone(), tty, &terminal.term_env);
     wr.write_all(&encode_frame(&HostMsg::Exec(exec))).await?;
     timings.mark("exec_sent");
-    Ok((rd, wr, frames))
+    Ok(Booted { rd, wr, frames, guest_listener: listener, policy, proxy })
+}
+
+/// The session's connection to its guest once the program runs.
+struct Booted {
+    rd: OwnedReadHalf,
+    wr: OwnedWriteHalf,
+    frames: FrameBuf,
+    /// Stays open for `faize exec` channels.
+    guest_listener: UnixListener,
+    policy: Arc<RwLock<faize_net::Policy>>,
+    proxy: Arc<Proxy>,
+}
+
+/// A program to run in the session: as the agent's user, in the project, with the session's
+/// environment and the user's terminal type.
+fn program(spec: &SessionSpec, argv: Vec<String>, tty: Option<WinSize>, term_env: &[(String, String)]) -> Exec {
+    let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
+    env.extend(shares::toolchain_env());
+    if tty.is_some() {
+        env.extend(term_env.iter().filter(|(k, _)| k == "TERM" || k == "COLORTERM").cloned());
+    }
+    let cwd = spec.project.to_str().expect("validated as UTF-8").to_string();
+    Exec { argv, env, cwd, tty }
 }
 
 /// An error message with the tails of QEMU's and the guest console's logs.
@@ -514,22 +563,174 @@ impl Signals {
     }
 }
 
-/// What the main loop waits on besides the guest.
-enum Input {
-    Data(Vec<u8>),
-    Eof,
+/// What the relay waits for besides the guest's frames.
+enum Event {
+    /// A frame from terminal `id`, or `None` when it went away.
+    FromTerminal(u64, Option<Frame<ToSupervisor>>),
+    /// A new connection on the attach socket, with its first request.
+    Connected(UnixStream, ToSupervisor),
+    /// The guest opened the exec channel for this token.
+    ExecChannel(u64, UnixStream, FrameBuf),
+    /// The guest did not open the channel of this exec in time.
+    ExecExpired(u64),
+    /// `faize kill`: stop the program with this grace.
+    Stop(Duration),
 }
 
-/// Moves bytes between the user and the program until the program exits.
+/// How much of the program's latest output is kept for the next terminal that attaches.
+const RECENT_OUTPUT: usize = 64 * 1024;
+/// A terminal that takes longer than this to accept output is detached (the session goes on).
+const SLOW_TERMINAL: Duration = Duration::from_secs(30);
+
+/// The terminal attached to the session's program (at most one), the program's recent output,
+/// and the events of every connection.
+pub struct Terminals {
+    attached: Option<Attached>,
+    next_id: u64,
+    recent: std::collections::VecDeque<u8>,
+    events: mpsc::Sender<Event>,
+    inbox: mpsc::Receiver<Event>,
+}
+
+struct Attached {
+    id: u64,
+    out: mpsc::Sender<Frame<ToTerminal>>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Terminals {
+    fn new(first: Option<UnixStream>) -> Self {
+        let (events, inbox) = mpsc::channel(256);
+        let mut t = Self { attached: None, next_id: 0, recent: Default::default(), events, inbox };
+        if let Some(conn) = first {
+            t.attach(conn);
+        }
+        t
+    }
+
+    /// Makes `conn` the attached terminal: its frames come in as events, ours go out in order.
+    fn attach(&mut self, conn: UnixStream) {
+        self.next_id += 1;
+        let id = self.next_id;
+        let (mut rd, wr) = conn.into_split();
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            loop {
+                let frame = attach::read::<ToSupervisor>(&mut rd).await.ok().flatten();
+                let end = frame.is_none();
+                if events.send(Event::FromTerminal(id, frame)).await.is_err() || end {
+                    break;
+                }
+            }
+        });
+        let (out, writer) = spawn_writer(wr);
+        self.attached = Some(Attached { id, out, writer });
+    }
+
+    /// The program's output (and faize's notices) to the attached terminal, if any.
+    async fn output(&mut self, frame: Frame<ToTerminal>) {
+        if let Frame::Data(d) | Frame::ErrData(d) = &frame {
+            self.recent.extend(d);
+            let extra = self.recent.len().saturating_sub(RECENT_OUTPUT);
+            self.recent.drain(..extra);
+        }
+        self.send(frame).await;
+    }
+
+    async fn send(&mut self, frame: Frame<ToTerminal>) {
+        let Some(a) = &self.attached else { return };
+        if !matches!(tokio::time::timeout(SLOW_TERMINAL, a.out.send(frame)).await, Ok(Ok(()))) {
+            tracing::warn!("the attached terminal stopped reading; detached it");
+            self.attached = None;
+        }
+    }
+
+    async fn running(&mut self, id: &str) {
+        self.send(Frame::Control(ToTerminal::Running { id: id.to_string() })).await;
+    }
+
+    /// Tells the attached terminal how the session ended and waits (briefly) until it has it.
+    async fn end(&mut self, code: i32, report: &str) {
+        self.send(Frame::Control(ToTerminal::Ended { code, report: report.to_string() })).await;
+        if let Some(a) = self.attached.take() {
+            drop(a.out);
+            let _ = tokio::time::timeout(Duration::from_secs(2), a.writer).await;
+        }
+    }
+}
+
+/// A task writing frames to a terminal connection in order; it ends when the sender is dropped.
+fn spawn_writer(mut wr: OwnedWriteHalf) -> (mpsc::Sender<Frame<ToTerminal>>, tokio::task::JoinHandle<()>) {
+    let (out, mut queue) = mpsc::channel::<Frame<ToTerminal>>(256);
+    let writer = tokio::spawn(async move {
+        while let Some(f) = queue.recv().await {
+            if attach::write(&mut wr, &f).await.is_err() {
+                break;
+            }
+        }
+    });
+    (out, writer)
+}
+
+/// Reads the next frame from the guest; `None` when it closed the connection.
+async fn next_guest_msg(rd: &mut (impl AsyncReadExt + Unpin), frames: &mut FrameBuf) -> Result<Option<GuestMsg>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        if let Some(m) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
+            return Ok(Some(m));
+        }
+        let n = rd.read(&mut buf).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        frames.extend(&buf[..n]);
+    }
+}
+
+/// Accepts the guest's exec channels: a connection counts only if its first frame, within 10 s,
+/// names an exec token (the relay checks the token).
+fn serve_exec_channels(listener: UnixListener, events: mpsc::Sender<Event>) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let mut frames = FrameBuf::default();
+                let first = tokio::time::timeout(Duration::from_secs(10), next_guest_msg(&mut s, &mut frames)).await;
+                if let Ok(Ok(Some(GuestMsg::ExecChannel { token }))) = first {
+                    let _ = events.send(Event::ExecChannel(token, s, frames)).await;
+                }
+            });
+        }
+    });
+}
+
+/// Accepts terminals on the attach socket; each must send its request within 10 s.
+fn serve_attach(listener: UnixListener, events: mpsc::Sender<Event>) {
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let events = events.clone();
+            tokio::spawn(async move {
+                let first = tokio::time::timeout(Duration::from_secs(10), attach::read::<ToSupervisor>(&mut s)).await;
+                if let Ok(Ok(Some(Frame::Control(request)))) = first {
+                    let _ = events.send(Event::Connected(s, request)).await;
+                }
+            });
+        }
+    });
+}
+
+/// Moves bytes between the guest's program and the attached terminal until the program exits;
+/// serves attaches, execs and stops meanwhile.
 async fn relay(
-    spec: &SessionSpec,
-    mut rd: OwnedReadHalf,
-    wr: OwnedWriteHalf,
-    mut frames: FrameBuf,
-    qemu: &mut Helper,
+    launch: &Launch<'_>,
+    terminals: &mut Terminals,
+    booted: Booted,
+    helpers: &mut [Helper],
     timings: &mut Timings,
     signals: &mut Signals,
 ) -> Result<Ending> {
+    let (spec, dirs) = (launch.spec, launch.dirs);
+    let Booted { mut rd, wr, mut frames, guest_listener, policy, proxy } = booted;
     // Writes to the guest go through one task so a slow guest never stalls this loop.
     let (to_guest, mut outbox) = mpsc::channel::<HostMsg>(64);
     let mut wr = wr;
@@ -540,55 +741,64 @@ async fn relay(
             }
         }
     });
-    let mut input = spawn_stdin_reader();
-    let mut stdin_open = true;
-    let mut winch = signal(SignalKind::window_change())?;
-    let mut stdout = tokio::io::stdout();
-    let mut stderr = tokio::io::stderr();
-    let mut escape = EscapeFilter::default();
-    let mut stdout_open = true;
-    let mut buf = vec![0u8; 128 * 1024];
+    serve_exec_channels(guest_listener, terminals.events.clone());
+    let attach_path = attach::socket_path(&dirs.runtime);
+    let attach_listener =
+        UnixListener::bind(&attach_path).with_context(|| format!("listening on {}", attach_path.display()))?;
+    serve_attach(attach_listener, terminals.events.clone());
+    // `faize network allow|deny ID RULE` and `faize kill ID` reach the running session here.
+    let control =
+        UnixListener::bind(dirs.runtime.join(crate::control::SOCKET)).context("creating the control socket")?;
+    let stops = terminals.events.clone();
+    let on_stop = move |grace: Duration| {
+        let _ = stops.try_send(Event::Stop(grace));
+    };
+    tokio::spawn(crate::control::serve(control, policy, proxy, Box::new(on_stop)));
 
-    let timeout = tokio::time::sleep(spec.timeout.unwrap_or(Duration::from_secs(100 * 365 * 86400)));
+    let mut stdin_open = true;
+    let mut pending_execs: std::collections::HashMap<u64, (UnixStream, Exec)> = Default::default();
+    let mut buf = vec![0u8; 128 * 1024];
+    let mut sidecar_check = tokio::time::interval(Duration::from_millis(500));
+    let forever = Duration::from_secs(100 * 365 * 86400);
+    let timeout = tokio::time::sleep(spec.timeout.unwrap_or(forever));
     tokio::pin!(timeout);
     let mut timed_out = false;
     // Set once a stop was asked for: past it, the VM is stopped without waiting for the program.
-    let hard_stop = tokio::time::sleep(Duration::from_secs(100 * 365 * 86400));
+    let hard_stop = tokio::time::sleep(forever);
     tokio::pin!(hard_stop);
-    let mut stopping = false;
-    let stop =
-        |grace: Duration, hard_stop: std::pin::Pin<&mut tokio::time::Sleep>, to_guest: &mpsc::Sender<HostMsg>| {
-            let _ = to_guest.try_send(HostMsg::Shutdown { grace_ms: grace.as_millis() as u32 });
-            hard_stop.reset(tokio::time::Instant::now() + grace + Duration::from_secs(5));
-        };
+    let mut stopped: Option<String> = None;
+    let (qemu, sidecars) = helpers.split_last_mut().expect("boot started QEMU");
 
     loop {
         // Every complete frame already received comes first.
         while let Some(msg) = frames.next_frame::<GuestMsg>().context("garbled message from the guest agent")? {
             match msg {
-                GuestMsg::Stdout(d) if stdout_open => {
-                    if let Err(e) = write_flush(&mut stdout, &d).await {
-                        if e.kind() != std::io::ErrorKind::BrokenPipe {
-                            return Err(anyhow::Error::new(e).context("writing the program's output"));
-                        }
-                        // Our reader went away (`faize run ... | head`): the program gets SIGPIPE,
-                        // as it would in a local pipeline.
-                        stdout_open = false;
-                        let _ = to_guest.send(HostMsg::Signal(libc::SIGPIPE)).await;
-                    }
-                }
-                GuestMsg::Stdout(_) => {}
-                GuestMsg::Stderr(d) => {
-                    let _ = write_flush(&mut stderr, &d).await;
-                }
+                GuestMsg::Stdout(d) => terminals.output(Frame::Data(d)).await,
+                GuestMsg::Stderr(d) => terminals.output(Frame::ErrData(d)).await,
                 GuestMsg::Exit(status) => {
                     timings.mark("exit_received");
-                    return Ok(if timed_out { Ending::TimedOut } else { Ending::Exited(status) });
+                    return Ok(match (timed_out, stopped) {
+                        (true, _) => Ending::TimedOut,
+                        (false, Some(why)) => Ending::Stopped(status, why),
+                        (false, None) => Ending::Exited(status),
+                    });
                 }
                 GuestMsg::Fatal(m) => bail!("the guest agent failed: {m}"),
                 other => bail!("unexpected message from the guest agent: {other:?}"),
             }
         }
+        // The first stop asked for wins: the program gets SIGTERM, and past the grace (and 5 s
+        // for the agent to report) the VM is stopped without waiting.
+        let stop = |stopped: &mut Option<String>,
+                    grace: Duration,
+                    why: String,
+                    hard_stop: std::pin::Pin<&mut tokio::time::Sleep>| {
+            if stopped.is_none() {
+                *stopped = Some(why);
+                let _ = to_guest.try_send(HostMsg::Shutdown { grace_ms: grace.as_millis() as u32 });
+                hard_stop.reset(tokio::time::Instant::now() + grace + Duration::from_secs(5));
+            }
+        };
         tokio::select! {
             n = rd.read(&mut buf) => {
                 let n = n.context("reading from the guest agent")?;
@@ -597,89 +807,179 @@ async fn relay(
                 }
                 frames.extend(&buf[..n]);
             }
-            i = input.recv(), if stdin_open => match i {
-                Some(Input::Data(d)) if spec.interactive => {
-                    let f = escape.feed(&d);
-                    if !f.data.is_empty() {
-                        let _ = to_guest.send(HostMsg::Stdin(f.data)).await;
-                    }
-                    if f.end_session && !stopping {
-                        stopping = true;
-                        stop(ESCAPE_GRACE, hard_stop.as_mut(), &to_guest);
-                    }
-                }
-                Some(Input::Data(d)) => { let _ = to_guest.send(HostMsg::Stdin(d)).await; }
-                Some(Input::Eof) | None => {
-                    stdin_open = false;
-                    if !spec.interactive {
+            Some(event) = terminals.inbox.recv() => match event {
+                Event::FromTerminal(id, frame) if terminals.attached.as_ref().is_some_and(|a| a.id == id) => match frame {
+                    Some(Frame::Data(d)) => { let _ = to_guest.send(HostMsg::Stdin(d)).await; }
+                    Some(Frame::Control(ToSupervisor::StdinEof)) => {
+                        stdin_open = false;
                         let _ = to_guest.send(HostMsg::StdinEof).await;
                     }
+                    Some(Frame::Control(ToSupervisor::Resize(size))) => { let _ = to_guest.send(HostMsg::Resize(size.into())).await; }
+                    Some(Frame::Control(ToSupervisor::Signal { signal })) => { let _ = to_guest.send(HostMsg::Signal(signal)).await; }
+                    Some(Frame::Control(ToSupervisor::Stop { grace_ms })) => {
+                        stop(&mut stopped, Duration::from_millis(grace_ms.into()), "stopped from its terminal".into(), hard_stop.as_mut());
+                    }
+                    // Detached, or the terminal went away (closed, SIGHUP): the session goes on.
+                    None | Some(Frame::Control(ToSupervisor::Detach)) => {
+                        terminals.attached = None;
+                        if !spec.interactive && stdin_open {
+                            stdin_open = false;
+                            let _ = to_guest.send(HostMsg::StdinEof).await;
+                        }
+                    }
+                    Some(_) => {}
+                },
+                Event::FromTerminal(..) => {}
+                Event::Connected(conn, ToSupervisor::Attach { tty }) => {
+                    if terminals.attached.is_some() {
+                        refuse(conn, format!("session {} already has a terminal attached: detach it with ~. first", spec.id));
+                    } else {
+                        terminals.attach(conn);
+                        terminals.running(&spec.id).await;
+                        // What the program showed last, then a redraw at the new terminal's size
+                        // (a size change is what makes full-screen programs repaint).
+                        let recent: Vec<u8> = terminals.recent.iter().copied().collect();
+                        terminals.send(Frame::Data(recent)).await;
+                        if let (true, Some(size)) = (spec.interactive, tty) {
+                            let nudge = WinSize { rows: size.rows.saturating_sub(1).max(1), cols: size.cols };
+                            let _ = to_guest.send(HostMsg::Resize(nudge)).await;
+                            let _ = to_guest.send(HostMsg::Resize(size.into())).await;
+                        }
+                    }
                 }
+                Event::Connected(conn, ToSupervisor::Exec { argv, tty, term_env }) => {
+                    if argv.is_empty() {
+                        refuse(conn, "faize exec needs a command".into());
+                    } else {
+                        let token = random_token();
+                        pending_execs.insert(token, (conn, program(spec, argv, tty.map(Into::into), &term_env)));
+                        let _ = to_guest.send(HostMsg::OpenExec { token }).await;
+                        let events = terminals.events.clone();
+                        tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_secs(10)).await;
+                            let _ = events.send(Event::ExecExpired(token)).await;
+                        });
+                    }
+                }
+                Event::Connected(conn, other) => refuse(conn, format!("unexpected first request {other:?}")),
+                Event::ExecChannel(token, guest, rest) => {
+                    if let Some((conn, exec)) = pending_execs.remove(&token) {
+                        tokio::spawn(run_exec(conn, guest, rest, exec));
+                    }
+                }
+                Event::ExecExpired(token) => {
+                    if let Some((conn, _)) = pending_execs.remove(&token) {
+                        refuse(conn, "the guest did not start the command within 10 s".into());
+                    }
+                }
+                Event::Stop(grace) => stop(&mut stopped, grace, "stopped by faize kill".into(), hard_stop.as_mut()),
             },
-            _ = winch.recv(), if spec.interactive => {
-                if let Some(size) = window_size(std::io::stdout().as_fd()) {
-                    let _ = to_guest.send(HostMsg::Resize(size)).await;
-                }
-            }
             sig = signals.next() => {
-                if sig == libc::SIGINT {
-                    // Ctrl+C of a non-interactive run goes to the program, as in a local shell.
-                    let _ = to_guest.send(HostMsg::Signal(libc::SIGINT)).await;
-                } else if !stopping {
-                    stopping = true;
-                    stop(STOP_GRACE, hard_stop.as_mut(), &to_guest);
+                // The supervisor has no terminal: SIGHUP means nothing to it.
+                if sig != libc::SIGHUP {
+                    stop(&mut stopped, STOP_GRACE, format!("stopped by signal {sig}"), hard_stop.as_mut());
                 }
             }
             _ = &mut timeout, if !timed_out && spec.timeout.is_some() => {
                 timed_out = true;
                 let t = crate::units::format_duration(spec.timeout.unwrap_or_default());
-                let _ = stderr.write_all(format!("\r\nfaize: session {} timed out after {t}; stopping it\r\n", spec.id).as_bytes()).await;
-                if !stopping {
-                    stopping = true;
-                    stop(STOP_GRACE, hard_stop.as_mut(), &to_guest);
-                }
+                let notice = format!("\r\nfaize: session {} timed out after {t}; stopping it\r\n", spec.id);
+                terminals.output(Frame::ErrData(notice.into_bytes())).await;
+                stop(&mut stopped, STOP_GRACE, format!("timed out after {t}"), hard_stop.as_mut());
             }
-            _ = &mut hard_stop, if stopping => {
-                return Ok(if timed_out { Ending::TimedOut } else { Ending::Exited(ExitStatus { code: 128 + libc::SIGKILL, signal: libc::SIGKILL }) });
+            _ = &mut hard_stop, if stopped.is_some() => {
+                let killed = ExitStatus { code: 128 + libc::SIGKILL, signal: libc::SIGKILL };
+                return Ok(match (timed_out, stopped) {
+                    (true, _) => Ending::TimedOut,
+                    (false, why) => Ending::Stopped(killed, why.unwrap_or_default()),
+                });
             }
             s = qemu.child.wait() => bail!("the VM stopped unexpectedly ({})", s?),
+            _ = sidecar_check.tick() => {
+                for h in sidecars.iter_mut() {
+                    if let Some(status) = h.child.try_wait()? {
+                        bail!("{} stopped unexpectedly ({status}); it said:\n{}", h.name, tail(&h.log, 10));
+                    }
+                }
+            }
         }
     }
 }
 
-async fn write_flush(w: &mut (impl AsyncWriteExt + Unpin), data: &[u8]) -> std::io::Result<()> {
-    w.write_all(data).await?;
-    w.flush().await
+/// Refuses a terminal's request with a reason, then closes the connection.
+fn refuse(conn: UnixStream, reason: String) {
+    tokio::spawn(async move {
+        let mut conn = conn;
+        let _ = attach::write(&mut conn, &Frame::Control(ToTerminal::Refused { reason })).await;
+    });
 }
 
-/// Reads the user's input on a plain thread (a blocking read must not hold up the runtime's
-/// shutdown) and hands it to the session loop.
-fn spawn_stdin_reader() -> mpsc::Receiver<Input> {
-    let (tx, rx) = mpsc::channel(16);
-    std::thread::spawn(move || {
-        use std::io::Read;
-        let mut stdin = std::io::stdin();
-        let mut buf = vec![0u8; faize_protocol::MAX_CHUNK];
+fn random_token() -> u64 {
+    let mut b = [0u8; 8];
+    getrandom::getrandom(&mut b).expect("the kernel's random source");
+    u64::from_ne_bytes(b)
+}
+
+/// One `faize exec`: relays between its terminal and its own channel to the guest until the
+/// program exits. A terminal that goes away stops the program (SIGTERM, then SIGKILL after 2 s).
+async fn run_exec(conn: UnixStream, guest: UnixStream, mut frames: FrameBuf, exec: Exec) {
+    let (mut grd, mut gwr) = guest.into_split();
+    let (mut crd, cwr) = conn.into_split();
+    let (out, writer) = spawn_writer(cwr);
+    let (input_tx, mut input) = mpsc::channel::<Option<Frame<ToSupervisor>>>(64);
+    tokio::spawn(async move {
         loop {
-            match stdin.read(&mut buf) {
-                Ok(0) => {
-                    let _ = tx.blocking_send(Input::Eof);
-                    break;
-                }
-                Ok(n) => {
-                    if tx.blocking_send(Input::Data(buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(_) => {
-                    let _ = tx.blocking_send(Input::Eof);
-                    break;
-                }
+            let frame = attach::read::<ToSupervisor>(&mut crd).await.ok().flatten();
+            let end = frame.is_none();
+            if input_tx.send(frame).await.is_err() || end {
+                break;
             }
         }
     });
-    rx
+    if gwr.write_all(&encode_frame(&HostMsg::Exec(exec))).await.is_err() {
+        return;
+    }
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut terminal_open = true;
+    let code = 'relay: loop {
+        loop {
+            match frames.next_frame::<GuestMsg>() {
+                Ok(Some(GuestMsg::Stdout(d))) => drop(out.send(Frame::Data(d)).await),
+                Ok(Some(GuestMsg::Stderr(d))) => drop(out.send(Frame::ErrData(d)).await),
+                Ok(Some(GuestMsg::Exit(s))) => break 'relay s.code,
+                Ok(None) => break,
+                Ok(Some(_)) | Err(_) => break 'relay exit_code::FAIZE_ERROR,
+            }
+        }
+        tokio::select! {
+            n = grd.read(&mut buf) => match n {
+                Ok(n) if n > 0 => frames.extend(&buf[..n]),
+                _ => break exit_code::FAIZE_ERROR,
+            },
+            f = input.recv(), if terminal_open => {
+                let msg = match f.flatten() {
+                    Some(Frame::Data(d)) => Some(HostMsg::Stdin(d)),
+                    Some(Frame::Control(ToSupervisor::StdinEof)) => Some(HostMsg::StdinEof),
+                    Some(Frame::Control(ToSupervisor::Resize(s))) => Some(HostMsg::Resize(s.into())),
+                    Some(Frame::Control(ToSupervisor::Signal { signal })) => Some(HostMsg::Signal(signal)),
+                    Some(_) => None,
+                    None => {
+                        terminal_open = false;
+                        Some(HostMsg::Shutdown { grace_ms: 2000 })
+                    }
+                };
+                if let Some(m) = msg {
+                    if gwr.write_all(&encode_frame(&m)).await.is_err() {
+                        break exit_code::FAIZE_ERROR;
+                    }
+                }
+            }
+        }
+    };
+    let report = if code == exit_code::FAIZE_ERROR { "faize: the session ended while the command ran\n" } else { "" };
+    let _ = out.send(Frame::Control(ToTerminal::Ended { code, report: report.into() })).await;
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
 }
 
 /// Creates the sparse scratch disk with an empty ext4 filesystem (no journal: it is thrown away).

@@ -23,7 +23,7 @@ pub const DEFAULT_SCRATCH: &str = "16GiB";
 pub const MIN_MEMORY_MIB: u64 = 256;
 
 /// What the command line asked for; `None` means "not given".
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Request {
     pub project: Option<PathBuf>,
     pub cpus: Option<u32>,

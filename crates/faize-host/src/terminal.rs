@@ -45,8 +45,8 @@ pub fn window_size(fd: BorrowedFd<'_>) -> Option<WinSize> {
 pub struct Filtered {
     /// Bytes to send to the program.
     pub data: Vec<u8>,
-    /// The user typed `~.` after a newline: end the session.
-    pub end_session: bool,
+    /// The user typed `~.` after a newline: detach from the session.
+    pub detach: bool,
 }
 
 /// Recognises `~.` at the start of a line; `~~` sends one `~`; any other `~x` passes unchanged.
@@ -69,7 +69,7 @@ impl EscapeFilter {
             if self.tilde {
                 self.tilde = false;
                 match b {
-                    b'.' => return Filtered { data, end_session: true },
+                    b'.' => return Filtered { data, detach: true },
                     b'~' => {
                         data.push(b'~');
                         self.line_start = false;
@@ -84,7 +84,7 @@ impl EscapeFilter {
             data.push(b);
             self.line_start = b == b'\r' || b == b'\n';
         }
-        Filtered { data, end_session: false }
+        Filtered { data, detach: false }
     }
 }
 
@@ -98,7 +98,7 @@ mod tests {
         for c in chunks {
             let r = f.feed(c);
             out.extend(r.data);
-            if r.end_session {
+            if r.detach {
                 return (out, true);
             }
         }

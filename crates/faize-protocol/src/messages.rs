@@ -91,6 +91,11 @@ pub enum HostMsg {
     Shutdown {
         grace_ms: u32,
     },
+    /// Open another connection to [`crate::CONTROL_PORT`] for one more program (`faize exec`),
+    /// starting it with [`GuestMsg::ExecChannel`] and this token.
+    OpenExec {
+        token: u64,
+    },
 }
 
 /// Guest to host.
@@ -109,6 +114,11 @@ pub enum GuestMsg {
     Exit(ExitStatus),
     /// The agent cannot go on; it powers the VM off after sending this.
     Fatal(String),
+    /// First message on a connection opened for [`HostMsg::OpenExec`]; the host then sends
+    /// [`HostMsg::Exec`] on it and the conversation goes on as for the session's program.
+    ExecChannel {
+        token: u64,
+    },
 }
 
 mod tag {
@@ -119,12 +129,14 @@ mod tag {
     pub const RESIZE: u8 = 0x05;
     pub const SIGNAL: u8 = 0x06;
     pub const SHUTDOWN: u8 = 0x07;
+    pub const OPEN_EXEC: u8 = 0x08;
     pub const HELLO: u8 = 0x81;
     pub const READY: u8 = 0x82;
     pub const STDOUT: u8 = 0x83;
     pub const STDERR: u8 = 0x84;
     pub const EXIT: u8 = 0x85;
     pub const FATAL: u8 = 0x86;
+    pub const EXEC_CHANNEL: u8 = 0x87;
 }
 
 fn put_winsize(out: &mut Vec<u8>, w: WinSize) {
@@ -201,6 +213,10 @@ impl Wire for HostMsg {
                 put::u8(out, tag::SHUTDOWN);
                 put::u32(out, *grace_ms);
             }
+            HostMsg::OpenExec { token } => {
+                put::u8(out, tag::OPEN_EXEC);
+                put::u64(out, *token);
+            }
         }
     }
 
@@ -252,6 +268,7 @@ impl Wire for HostMsg {
             tag::RESIZE => HostMsg::Resize(get_winsize(r)?),
             tag::SIGNAL => HostMsg::Signal(r.i32()?),
             tag::SHUTDOWN => HostMsg::Shutdown { grace_ms: r.u32()? },
+            tag::OPEN_EXEC => HostMsg::OpenExec { token: r.u64()? },
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -283,6 +300,10 @@ impl Wire for GuestMsg {
                 put::u8(out, tag::FATAL);
                 put::str(out, m);
             }
+            GuestMsg::ExecChannel { token } => {
+                put::u8(out, tag::EXEC_CHANNEL);
+                put::u64(out, *token);
+            }
         }
     }
 
@@ -294,6 +315,7 @@ impl Wire for GuestMsg {
             tag::STDERR => GuestMsg::Stderr(r.bytes()?),
             tag::EXIT => GuestMsg::Exit(ExitStatus { code: r.i32()?, signal: r.i32()? }),
             tag::FATAL => GuestMsg::Fatal(r.str()?),
+            tag::EXEC_CHANNEL => GuestMsg::ExecChannel { token: r.u64()? },
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -327,6 +349,7 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
         HostMsg::Resize(WinSize { rows: 50, cols: 132 }),
         HostMsg::Signal(2),
         HostMsg::Shutdown { grace_ms: 5000 },
+        HostMsg::OpenExec { token: 0x0123_4567_89ab_cdef },
     ];
     let guest = vec![
         GuestMsg::Hello { version: crate::PROTOCOL_VERSION, agent_version: "0.1.0".into() },
@@ -335,6 +358,7 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
         GuestMsg::Stderr(b"oops\n".to_vec()),
         GuestMsg::Exit(ExitStatus { code: 130, signal: 2 }),
         GuestMsg::Fatal("cannot mount /dev/vda".into()),
+        GuestMsg::ExecChannel { token: 0x0123_4567_89ab_cdef },
     ];
     (host, guest)
 }

@@ -42,6 +42,69 @@ pub enum Command {
         #[arg(long)]
         net: bool,
     },
+    /// List sessions: the running ones, or all with --all
+    Ps {
+        /// Ended sessions too
+        #[arg(short, long)]
+        all: bool,
+        /// Print JSON (see the README for the fields)
+        #[arg(long)]
+        json: bool,
+    },
+    /// Reattach the terminal to a running session (~. detaches again)
+    Attach {
+        /// Session id, name, or a unique prefix of the id
+        id: String,
+    },
+    /// Run another command in a running session, as its user, in the project
+    Exec {
+        /// Session id, name, or a unique prefix of the id
+        id: String,
+        /// Pass this terminal's input to the command
+        #[arg(short, long)]
+        interactive: bool,
+        /// Give the command a terminal
+        #[arg(short, long)]
+        tty: bool,
+        /// The command and its arguments
+        #[arg(last = true, required = true, value_name = "CMD")]
+        command: Vec<String>,
+    },
+    /// Stop sessions: the program gets SIGTERM, then SIGKILL after the grace period
+    #[command(alias = "stop")]
+    Kill {
+        /// Session ids, names, or unique prefixes of ids
+        ids: Vec<String>,
+        /// Every running session
+        #[arg(long)]
+        all: bool,
+        /// Kill at once: the supervisor, QEMU and the sidecars get SIGKILL
+        #[arg(long)]
+        force: bool,
+        /// Seconds the program gets after SIGTERM
+        #[arg(long, default_value_t = 10, value_name = "SECONDS")]
+        grace: u64,
+    },
+    /// Remove the folders of ended sessions (logs, scratch disks, change summaries)
+    Prune {
+        /// Stop the running sessions first and remove them too
+        #[arg(long)]
+        all: bool,
+        /// Also remove the built images
+        #[arg(long)]
+        artifacts: bool,
+        /// Do not ask for confirmation
+        #[arg(short, long)]
+        yes: bool,
+    },
+    /// Claude Code's image
+    Claude {
+        #[command(subcommand)]
+        action: ClaudeAction,
+    },
+    /// (internal) a session's supervisor
+    #[command(name = "__supervise", hide = true)]
+    Supervise,
     /// Show the changes a session made to the shared folders (the latest session by default)
     Diff {
         /// Session id (a unique prefix is enough)
@@ -68,6 +131,12 @@ pub enum ArtifactsAction {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum ClaudeAction {
+    /// Rebuild the claude image with claude.extra_deps (Debian packages) baked in
+    Rebuild,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NetworkAction {
     /// List the presets a `networks:` rule can name, with their hosts
     Presets,
@@ -79,6 +148,12 @@ pub enum NetworkAction {
 
 #[derive(Debug, Args)]
 pub struct SessionArgs {
+    /// Start in the background and print the session's id (`faize attach ID` to use it)
+    #[arg(short, long)]
+    pub detach: bool,
+    /// A name to refer to the session by (letters, digits, '-', '_', '.')
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
     /// Project directory shared read-write with the VM [default: current directory]
     #[arg(short = 'p', long = "project", value_name = "DIR")]
     pub project: Option<PathBuf>,

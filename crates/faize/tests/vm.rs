@@ -66,11 +66,16 @@ fn run_passes_io_and_status_shares_the_project_and_forgets_the_rest() {
         "setuid bit survived"
     );
     assert!(!project.join("devnode").exists());
-    // A clean session leaves nothing behind but its change summary and network audit log.
+    // A clean session leaves nothing behind but its record (for `faize ps --all`), its change
+    // summary and its network audit log.
     for session in std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten() {
         let mut left: Vec<_> = std::fs::read_dir(session.path()).unwrap().flatten().map(|e| e.file_name()).collect();
         left.sort();
-        assert_eq!(left, ["changes.json", "net.jsonl"], "left behind: {left:?}");
+        assert_eq!(
+            left,
+            ["changes.json", "lock", "net.jsonl", "state.json", "supervisor.log"],
+            "left behind: {left:?}"
+        );
     }
     assert!(se.contains("created   by-user.txt"), "the change summary lists new files: {se}");
 
@@ -245,22 +250,193 @@ fn start_gives_the_program_a_real_terminal() {
     assert_eq!(t.local_modes(), cooked, "the terminal must be restored");
 }
 
+/// `faize ps --json`, parsed.
+fn ps(env: &Env) -> Vec<serde_json::Value> {
+    let out = env.faize().args(["ps", "--all", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn status_of(env: &Env, id_or_name: &str) -> String {
+    let rows = ps(env);
+    let row = rows
+        .iter()
+        .rev()
+        .find(|r| r["id"] == id_or_name || r["name"] == id_or_name)
+        .unwrap_or_else(|| panic!("{id_or_name} not in {rows:?}"));
+    row["status"].as_str().unwrap().to_string()
+}
+
+/// Processes whose command line names the session (QEMU and the sidecars carry its folders).
+fn processes_of(id: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = text(&cmd).replace('\0', " ");
+            if cmd.contains(id) && !cmd.contains("faize-vm-test-probe") {
+                found.push(format!("{}: {cmd}", e.file_name().to_string_lossy()));
+            }
+        }
+    }
+    found
+}
+
+/// Waits until no process of the session is left; panics with them after `limit`.
+fn wait_no_processes(id: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let left = processes_of(id);
+        if left.is_empty() {
+            return start.elapsed();
+        }
+        assert!(start.elapsed() < limit, "orphans of session {id} after {limit:?}: {left:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn start_detached(env: &Env, project: &str, args: &[&str], script: &str) -> String {
+    let out = env
+        .faize()
+        .args(["start", "--detach", "--cpus", "1", "-p", project])
+        .args(args)
+        .args(["--", "sh", "-c", script])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let id = text(&out.stdout).trim().to_string();
+    assert_eq!(id.len(), 12, "start --detach prints the id: {id:?}");
+    id
+}
+
+fn supervisor_pid(env: &Env, id: &str) -> i32 {
+    let state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(env.home.path().join("sessions").join(id).join("state.json")).unwrap())
+            .unwrap();
+    state["supervisor_pid"].as_i64().unwrap() as i32
+}
+
 #[test]
-fn tilde_dot_ends_the_session() {
+fn sessions_outlive_their_terminal_and_are_managed_from_the_cli() {
     if !vm_tests_enabled() {
         return;
     }
     let env = Env::new();
     let project = tempfile::tempdir().unwrap();
     let p = project.path().to_str().unwrap();
-    let mut t =
-        Terminal::start(&env, &["start", "--cpus", "1", "-p", p, "--", "sh", "-c", "echo started; exec sleep 600"]);
+    let ticker = "echo started; i=0; while true; do i=$((i+1)); echo tick-$i; sleep 1; done";
+
+    // `~.` detaches: the terminal is restored and the session goes on.
+    let mut t = Terminal::start(&env, &["start", "--name", "life", "--cpus", "1", "-p", p, "--", "sh", "-c", ticker]);
     let cooked = t.local_modes();
-    t.wait_for("started", Duration::from_secs(120));
+    t.wait_for("tick-2", Duration::from_secs(120));
     t.type_("\r~.");
-    // sleep ends on SIGTERM: 128 + 15.
-    assert_eq!(t.wait_exit(Duration::from_secs(60)), 143, "{}", t.screen());
+    assert_eq!(t.wait_exit(Duration::from_secs(30)), 0, "{}", t.screen());
+    assert!(t.screen().contains("faize attach"), "detaching says how to come back: {}", t.screen());
     assert_eq!(t.local_modes(), cooked, "the terminal must be restored");
+    assert_eq!(status_of(&env, "life"), "running");
+    let table = text(&env.faize().args(["ps"]).output().unwrap().stdout);
+    assert!(table.lines().any(|l| l.contains("life") && l.contains("running") && l.contains(p)), "{table}");
+
+    // attach shows the live program, redrawn at this terminal's size; a second attach is refused.
+    let mut a = Terminal::start(&env, &["attach", "life"]);
+    a.wait_for("tick-", Duration::from_secs(30));
+    let seen = a.screen();
+    let last = |s: &str| s.rsplit("tick-").next().and_then(|n| n.split_whitespace().next()?.parse::<u32>().ok());
+    let first_tick = last(&seen).unwrap();
+    a.wait_for(&format!("tick-{}", first_tick + 2), Duration::from_secs(30));
+    let mut second = Terminal::start(&env, &["attach", "life"]);
+    assert_eq!(second.wait_exit(Duration::from_secs(30)), 125);
+    assert!(second.screen().contains("already has a terminal attached"), "{}", second.screen());
+
+    // A closed terminal (SIGHUP) detaches; the session keeps running.
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(a.child.id() as i32), nix::sys::signal::Signal::SIGHUP).unwrap();
+    a.wait_exit(Duration::from_secs(30));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status_of(&env, "life"), "running");
+
+    // exec: as the agent's user, in the project, exit status passed through, stdin with -i.
+    let out =
+        env.faize().args(["exec", "life", "--", "sh", "-c", "echo \"$(whoami) $(pwd)\"; exit 5"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), format!("faize {p}"));
+    let out = env.run(&["exec", "-i", "life", "--", "sh", "-c", "tr a-z A-Z"], b"piped in\n");
+    assert_eq!((out.status.code(), text(&out.stdout)), (Some(0), "PIPED IN\n".to_string()), "{}", text(&out.stderr));
+
+    // kill stops it gracefully; ps --all shows it killed; nothing is left running.
+    let id = ps(&env).iter().find(|r| r["name"] == "life").unwrap()["id"].as_str().unwrap().to_string();
+    let out = env.faize().args(["kill", "life"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(status_of(&env, &id), "killed");
+    wait_no_processes(&id, Duration::from_secs(5));
+
+    // kill -9 of a supervisor: QEMU and the sidecars follow within a second or two; ps: crashed.
+    let crash = start_detached(&env, p, &[], "sleep 600");
+    assert!(processes_of(&crash).len() >= 3, "QEMU and two sidecars: {:#?}", processes_of(&crash));
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(supervisor_pid(&env, &crash)), nix::sys::signal::Signal::SIGKILL)
+        .unwrap();
+    let gone = wait_no_processes(&crash, Duration::from_secs(3));
+    assert_eq!(status_of(&env, &crash), "crashed", "after {gone:?}");
+
+    // kill -9 of QEMU: the supervisor records why, cleans up and ends.
+    let vm_dies = start_detached(&env, p, &[], "sleep 600");
+    let qemu = processes_of(&vm_dies).into_iter().find(|l| l.contains("qemu-system")).expect("qemu");
+    let qemu_pid: i32 = qemu.split(':').next().unwrap().parse().unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
+    wait_no_processes(&vm_dies, Duration::from_secs(5));
+    let row = ps(&env).into_iter().find(|r| r["id"] == vm_dies.as_str()).unwrap();
+    assert_eq!(row["status"], "crashed", "{row}");
+    assert!(row["reason"].as_str().unwrap().contains("VM stopped unexpectedly"), "{row}");
+
+    // prune removes ended sessions and leaves running ones; --all --yes stops and removes all.
+    let running = start_detached(&env, p, &[], "sleep 600");
+    let out = env.faize().arg("prune").output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("removed 3 ended sessions"), "{}", text(&out.stderr));
+    assert_eq!(ps(&env).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), [running.clone()]);
+    let out = env.faize().args(["prune", "--all", "--yes"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(ps(&env).is_empty(), "{:?}", ps(&env));
+    wait_no_processes(&running, Duration::from_secs(5));
+}
+
+#[test]
+fn sessions_side_by_side_cannot_see_each_other() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let projects: Vec<tempfile::TempDir> = (0..3).map(|_| tempfile::tempdir().unwrap()).collect();
+    for (i, d) in projects.iter().enumerate() {
+        std::fs::write(d.path().join("mine.txt"), format!("project-{i}")).unwrap();
+    }
+    let paths: Vec<String> = projects.iter().map(|d| d.path().to_str().unwrap().to_string()).collect();
+    let children: Vec<_> = paths
+        .iter()
+        .map(|p| {
+            let others: Vec<&String> = paths.iter().filter(|o| *o != p).collect();
+            let script = format!(
+                "cat mine.txt; echo; for o in {} {}; do test -e \"$o\" && echo SEES-$o; done; echo done",
+                others[0], others[1]
+            );
+            env.faize()
+                .args(["run", "--cpus", "1", "--memory", "512M", "-p", p, "--", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for (i, c) in children.into_iter().enumerate() {
+        let out = c.wait_with_output().unwrap();
+        let so = text(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{so}{}", text(&out.stderr));
+        assert_eq!(so, format!("project-{i}\ndone\n"), "session {i} saw: {so}");
+    }
+    let rows = ps(&env);
+    assert_eq!(rows.len(), 3);
+    assert!(rows.iter().all(|r| r["status"] == "exited"), "{rows:?}");
 }
 
 #[test]

@@ -54,3 +54,8 @@ pub fn run(action: Option<ArtifactsAction>) -> Result<i32> {
         }
     }
 }
+
+/// `faize claude rebuild`.
+pub fn claude_rebuild() -> Result<i32> {
+    bail!("not built yet")
+}

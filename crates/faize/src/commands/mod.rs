@@ -6,6 +6,7 @@ mod doctor;
 mod logs;
 mod network;
 mod session;
+mod sessions;
 
 use anyhow::Result;
 
@@ -20,5 +21,12 @@ pub fn dispatch(cli: Cli) -> Result<i32> {
         Command::Diff { id, json } => diff::run(id.as_deref(), json),
         Command::Network { action } => network::run(action),
         Command::Logs { id, net } => logs::run(&id, net),
+        Command::Ps { all, json } => sessions::ps(all, json),
+        Command::Attach { id } => sessions::attach(&id),
+        Command::Exec { id, interactive, tty, command } => sessions::exec(&id, interactive, tty, command),
+        Command::Kill { ids, all, force, grace } => sessions::kill(&ids, all, force, grace),
+        Command::Prune { all, artifacts, yes } => sessions::prune(all, artifacts, yes),
+        Command::Claude { action: crate::cli::ClaudeAction::Rebuild } => artifacts::claude_rebuild(),
+        Command::Supervise => Ok(faize_host::supervisor::main()),
     }
 }

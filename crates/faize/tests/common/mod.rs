@@ -50,6 +50,13 @@ impl Env {
     }
 }
 
+impl Drop for Env {
+    /// A test, passing or failing, never leaves a session running.
+    fn drop(&mut self) {
+        let _ = self.faize().args(["kill", "--all", "--force"]).output();
+    }
+}
+
 pub fn artifacts_dir() -> PathBuf {
     match std::env::var_os("FAIZE_ARTIFACTS_DIR") {
         Some(p) if !p.is_empty() => p.into(),
