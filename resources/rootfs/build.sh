@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Builds a Faize root image: Debian bookworm from mmdebstrap, packed as a read-only EROFS image.
-# Usage: build.sh OUTPUT_IMAGE WORK_DIR [CLAUDE_CODE_VERSION]
-# With a Claude Code version, the image also holds `claude` (the agent image).
+# Usage: build.sh OUTPUT_IMAGE WORK_DIR [CLAUDE_CODE_VERSION [EXTRA_PACKAGE...]]
+# With a Claude Code version, the image also holds `claude` (the agent image), and the extra
+# Debian packages (claude.extra_deps, names checked by faize; each passed as its own argument).
 # Progress lines start with "step:" so faize can show them.
 set -euo pipefail
 out=$1 work=$2 claude_version=${3:-}
+extra_includes=()
+for pkg in "${@:4}"; do extra_includes+=("--include=$pkg"); done
 here=$(cd "$(dirname "$0")" && pwd)
 mirror=${FAIZE_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 
@@ -32,8 +35,8 @@ hooks+=(--customize-hook='printf "nameserver 127.0.0.1\n" > "$1/etc/resolv.conf"
 hooks+=(--customize-hook='printf "faize\n" > "$1/etc/hostname"; printf "127.0.0.1 localhost faize\n::1 localhost\n" > "$1/etc/hosts"')
 hooks+=(--customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/* "$1"/root/.npm "$1"/tmp/*')
 
-echo "step: bootstrapping Debian bookworm ($(echo "$packages" | tr ',' ' ' | wc -w) packages)"
-mmdebstrap --variant=minbase --mode=root --include="$packages" "${hooks[@]}" bookworm "$tree" "$mirror"
+echo "step: bootstrapping Debian bookworm ($(echo "$packages" | tr ',' ' ' | wc -w) packages${4:+, extra: ${*:4}})"
+mmdebstrap --variant=minbase --mode=root --include="$packages" "${extra_includes[@]}" "${hooks[@]}" bookworm "$tree" "$mirror"
 
 echo "step: packing EROFS image"
 tmp="$out.tmp.$$"

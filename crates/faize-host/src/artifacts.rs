@@ -112,7 +112,12 @@ pub enum State {
 pub struct Artifacts {
     dir: PathBuf,
     cache: PathBuf,
+    /// `claude.extra_deps`, baked into the claude image when it is built.
+    extra_deps: Vec<String>,
 }
+
+/// The manifest's record of the extra packages in the claude image.
+const EXTRA_DEPS: &str = "extra-deps";
 
 /// Where the static guest agent is: `FAIZE_AGENT_BIN`, where the set-up script builds it
 /// (`target/x86_64-unknown-linux-gnu/release`), or next to the faize binary. A dynamically
@@ -166,7 +171,29 @@ fn is_static_elf(path: &Path) -> Result<bool> {
 
 impl Artifacts {
     pub fn new(home: &FaizeHome) -> Self {
-        Self { dir: home.artifacts.clone(), cache: home.build_cache() }
+        Self { dir: home.artifacts.clone(), cache: home.build_cache(), extra_deps: Vec::new() }
+    }
+
+    /// The claude image gets these Debian packages when it is built (checked names, sorted).
+    pub fn with_extra_deps(mut self, deps: Vec<String>) -> Self {
+        self.extra_deps = deps;
+        self
+    }
+
+    /// When the claude image was built with other extra packages than the config asks for now,
+    /// what to tell the user. (A change does not rebuild the image by itself: that takes minutes.)
+    pub fn extra_deps_notice(&self) -> Option<String> {
+        let manifest = self.read_manifest().ok()?;
+        let built = manifest.get(Kind::Claude.name())?.versions.get(EXTRA_DEPS).cloned().unwrap_or_default();
+        let wanted = self.extra_deps.join(",");
+        (built != wanted).then(|| {
+            let show = |s: &str| if s.is_empty() { "none".to_string() } else { s.replace(',', ", ") };
+            format!(
+                "claude.extra_deps changed since the claude image was built (image: {}; config: {}): run `faize claude rebuild` to bake them in",
+                show(&built),
+                show(&wanted)
+            )
+        })
     }
 
     pub fn path(&self, kind: Kind) -> PathBuf {
@@ -212,6 +239,11 @@ impl Artifacts {
                 if kind == Kind::Claude {
                     h.update(claude_version());
                     versions.insert("claude-code".into(), claude_version().into());
+                    // Recorded, not hashed: a change is reported, and `faize claude rebuild`
+                    // acts on it.
+                    if !self.extra_deps.is_empty() {
+                        versions.insert(EXTRA_DEPS.into(), self.extra_deps.join(","));
+                    }
                 }
             }
             Kind::Initramfs => {
@@ -272,9 +304,13 @@ impl Artifacts {
         progress.start(kind);
         let result = match kind {
             Kind::Initramfs => self.build_initramfs(&tmp),
-            Kind::Kernel => self.run_script(kind, &KERNEL_SCRIPT, None, &tmp, progress),
-            Kind::Rootfs => self.run_script(kind, &ROOTFS_SCRIPT, None, &tmp, progress),
-            Kind::Claude => self.run_script(kind, &ROOTFS_SCRIPT, Some(claude_version()), &tmp, progress),
+            Kind::Kernel => self.run_script(kind, &KERNEL_SCRIPT, &[], &tmp, progress),
+            Kind::Rootfs => self.run_script(kind, &ROOTFS_SCRIPT, &[], &tmp, progress),
+            Kind::Claude => {
+                let args: Vec<&str> =
+                    std::iter::once(claude_version()).chain(self.extra_deps.iter().map(String::as_str)).collect();
+                self.run_script(kind, &ROOTFS_SCRIPT, &args, &tmp, progress)
+            }
         };
         if let Err(e) = result {
             let _ = fs::remove_file(&tmp);
@@ -316,7 +352,7 @@ impl Artifacts {
         &self,
         kind: Kind,
         script: &BuildScript,
-        extra_arg: Option<&str>,
+        extra_args: &[&str],
         out: &Path,
         progress: &dyn Progress,
     ) -> Result<()> {
@@ -329,9 +365,7 @@ impl Artifacts {
         let mut log = fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new("bash");
         cmd.arg(scripts.join("build.sh")).arg(out).arg(&work);
-        if let Some(a) = extra_arg {
-            cmd.arg(a);
-        }
+        cmd.args(extra_args);
         let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -118,21 +118,42 @@ impl Config {
         serde_yaml::from_str(text).map_err(|e| e.to_string())
     }
 
-    /// Settings this version accepts for compatibility but does not act on yet, each with the
-    /// reason, so the user is told instead of the setting being silently ignored.
-    pub fn not_yet_supported(&self) -> Vec<&'static str> {
-        let mut out = Vec::new();
-        let c = &self.claude;
-        if !c.extra_deps.is_empty() {
-            out.push("claude.extra_deps: extra packages are not installed into the image yet");
+    /// `claude.extra_deps`, checked: Debian package names only (they are passed to the image
+    /// build as arguments, never through a shell).
+    pub fn extra_deps(&self) -> Result<Vec<String>, String> {
+        let mut deps = Vec::new();
+        for d in &self.claude.extra_deps {
+            let ok = d.len() >= 2
+                && d.len() <= 100
+                && d.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && d.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if !ok {
+                return Err(format!(
+                    "claude.extra_deps: {d:?} is not a Debian package name (lowercase letters, digits, '+', '-', '.'; at least 2 characters)"
+                ));
+            }
+            if !deps.contains(d) {
+                deps.push(d.clone());
+            }
         }
-        out
+        deps.sort();
+        Ok(deps)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extra_deps_must_be_package_names() {
+        let c = |deps: &str| Config::parse(&format!("claude:\n  extra_deps: {deps}\n")).unwrap().extra_deps();
+        assert_eq!(c("[ripgrep, g++, python3.11, ripgrep]").unwrap(), ["g++", "python3.11", "ripgrep"]);
+        for bad in ["'x; rm -rf /'", "'$(id)'", "'-o'", "'Foo'", "'a'", "'a b'", "'pkg=1.0'", "'../x'"] {
+            let e = c(&format!("[{bad}]")).unwrap_err();
+            assert!(e.contains("not a Debian package name"), "{bad}: {e}");
+        }
+    }
 
     #[test]
     fn the_original_readme_example_loads() {

@@ -157,8 +157,15 @@ pub struct Outcome {
     pub report: String,
 }
 
-/// Runs a session to its end. `first` is the terminal that launched it, if it stays attached;
-/// `on_running` is called once the program runs.
+/// What the supervisor records as the session goes.
+pub trait Lifecycle {
+    /// The program runs.
+    fn running(&mut self);
+    /// The session ended and is cleaned up (called before the terminal is told).
+    fn ended(&mut self, outcome: &Outcome);
+}
+
+/// Runs a session to its end. `first` is the terminal that launched it, if it stays attached.
 pub async fn run(
     spec: &SessionSpec,
     home: &FaizeHome,
@@ -167,7 +174,7 @@ pub async fn run(
     dirs: &Dirs,
     terminal: &TerminalInfo,
     first: Option<UnixStream>,
-    on_running: &mut dyn FnMut(),
+    lifecycle: &mut dyn Lifecycle,
 ) -> Outcome {
     let mut timings = Timings { start: Instant::now(), marks: Vec::new() };
     let mut helpers: Vec<Helper> = Vec::new();
@@ -186,7 +193,7 @@ pub async fn run(
     }));
     let launch = Launch { spec, tools, images, dirs, home, terminal };
     let mut terminals = Terminals::new(first);
-    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut baseline, &mut terminals, on_running).await;
+    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut baseline, &mut terminals, lifecycle).await;
     // All at once, QEMU first (it holds the sidecars' sockets). The sidecars are reaped now (no
     // write reaches the shares after this); QEMU, which takes longest to release guest memory,
     // is reaped at the very end.
@@ -248,6 +255,7 @@ pub async fn run(
             Outcome { status: Status::Crashed, code: exit_code::FAIZE_ERROR, reason: Some(why), report }
         }
     };
+    lifecycle.ended(&outcome);
     terminals.end(outcome.code, &outcome.report).await;
     outcome
 }
@@ -373,14 +381,14 @@ async fn boot_and_run(
     timings: &mut Timings,
     baseline: &mut Baseline,
     terminals: &mut Terminals,
-    on_running: &mut dyn FnMut(),
+    lifecycle: &mut dyn Lifecycle,
 ) -> Result<Ending> {
     let mut signals = Signals::new()?;
     let booted = tokio::select! {
         r = boot(launch, helpers, timings, baseline, terminals) => r?,
         sig = signals.next() => bail!("stopped by signal {sig} while the VM was starting"),
     };
-    on_running();
+    lifecycle.running();
     terminals.running(&launch.spec.id).await;
     let ending = relay(launch, terminals, booted, helpers, timings, &mut signals).await;
     ending.map_err(|e| anyhow::anyhow!(crash_report(launch.dirs, &format!("{e:#}"))))

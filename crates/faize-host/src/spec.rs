@@ -65,6 +65,8 @@ pub struct SessionSpec {
     pub show_diff: bool,
     /// The network allowlist (`-n`, else `networks:`, else the default presets), validated.
     pub network: faize_net::Policy,
+    /// `claude.extra_deps`: Debian packages the claude image should hold.
+    pub extra_deps: Vec<String>,
     /// `network.hosts`: names mapped to addresses explicitly.
     pub network_hosts: std::collections::HashMap<String, std::net::IpAddr>,
     /// `network.resolver`: where the proxy resolves names.
@@ -259,7 +261,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         }
         None => faize_net::resolve::Resolver::System,
     };
-    notices.extend(config.not_yet_supported().into_iter().map(|s| format!("config: {s}")));
+    let extra_deps = config.extra_deps().map_err(anyhow::Error::msg)?;
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
     }
@@ -274,6 +276,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         blocked,
         show_diff: !req.no_diff && config.claude.show_diff != Some(false),
         network,
+        extra_deps,
         network_hosts,
         network_resolver,
         network_limits,

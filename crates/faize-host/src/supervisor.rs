@@ -90,23 +90,38 @@ async fn supervise(fd: OwnedFd) -> i32 {
             return session::exit_code::FAIZE_ERROR;
         }
     };
-    let Prepared { spec, home, tools, dirs, _lock, mut state } = prepared;
+    let Prepared { spec, home, tools, dirs, _lock, state } = prepared;
     let terminal = TerminalInfo { tty: launch.tty.map(Into::into), term_env: launch.term_env.clone() };
-    let session_dir = dirs.session.clone();
-    let mut on_running = || {
-        state.status = Status::Running;
-        if let Err(e) = state.save(&session_dir) {
-            tracing::error!("saving the session's state: {e:#}");
-        }
-    };
-    let outcome =
-        session::run(&spec, &home, &tools, &launch.images, &dirs, &terminal, Some(conn), &mut on_running).await;
-    state.end(outcome.status, outcome.code, outcome.reason);
-    if let Err(e) = state.save(&dirs.session) {
-        eprintln!("saving the session's state: {e:#}");
-    }
+    let mut record = Record { state, dir: dirs.session.clone() };
+    let outcome = session::run(&spec, &home, &tools, &launch.images, &dirs, &terminal, Some(conn), &mut record).await;
     eprint!("{}", outcome.report);
     outcome.code
+}
+
+/// The session's state file, kept current.
+struct Record {
+    state: SessionState,
+    dir: std::path::PathBuf,
+}
+
+impl Record {
+    fn save(&self) {
+        if let Err(e) = self.state.save(&self.dir) {
+            eprintln!("saving the session's state: {e:#}");
+        }
+    }
+}
+
+impl session::Lifecycle for Record {
+    fn running(&mut self) {
+        self.state.status = Status::Running;
+        self.save();
+    }
+
+    fn ended(&mut self, outcome: &session::Outcome) {
+        self.state.end(outcome.status, outcome.code, outcome.reason.clone());
+        self.save();
+    }
 }
 
 struct Prepared {

@@ -316,6 +316,10 @@ fn supervisor_pid(env: &Env, id: &str) -> i32 {
     state["supervisor_pid"].as_i64().unwrap() as i32
 }
 
+fn supervisor_alive(pid: i32) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| text(&c).contains("__supervise"))
+}
+
 #[test]
 fn sessions_outlive_their_terminal_and_are_managed_from_the_cli() {
     if !vm_tests_enabled() {
@@ -384,8 +388,16 @@ fn sessions_outlive_their_terminal_and_are_managed_from_the_cli() {
     let qemu_pid: i32 = qemu.split(':').next().unwrap().parse().unwrap();
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(qemu_pid), nix::sys::signal::Signal::SIGKILL).unwrap();
     wait_no_processes(&vm_dies, Duration::from_secs(5));
-    let row = ps(&env).into_iter().find(|r| r["id"] == vm_dies.as_str()).unwrap();
+    let start = Instant::now();
+    let row = loop {
+        let row = ps(&env).into_iter().find(|r| r["id"] == vm_dies.as_str()).unwrap();
+        if row["status"] != "running" || start.elapsed() > Duration::from_secs(10) {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(row["status"], "crashed", "{row}");
+    assert!(!supervisor_alive(supervisor_pid(&env, &vm_dies)), "the supervisor ends after cleaning up");
     assert!(row["reason"].as_str().unwrap().contains("VM stopped unexpectedly"), "{row}");
 
     // prune removes ended sessions and leaves running ones; --all --yes stops and removes all.

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use faize_host::artifacts::{Artifacts, Kind, State};
+use faize_host::config::Config;
 use faize_host::home::FaizeHome;
 use faize_host::units::format_size;
 
@@ -10,7 +11,7 @@ use crate::printer::{self, BuildProgress};
 
 pub fn run(action: Option<ArtifactsAction>) -> Result<i32> {
     let home = FaizeHome::from_env()?;
-    let artifacts = Artifacts::new(&home);
+    let artifacts = Artifacts::new(&home).with_extra_deps(configured_extra_deps(&home)?);
     match action.unwrap_or(ArtifactsAction::List) {
         ArtifactsAction::List => {
             printer::out(&format!("{:<10} {:<8} {:>10}  {:<16} VERSIONS", "IMAGE", "STATE", "SIZE", "SHA256"));
@@ -55,7 +56,22 @@ pub fn run(action: Option<ArtifactsAction>) -> Result<i32> {
     }
 }
 
-/// `faize claude rebuild`.
+/// `claude.extra_deps` of the config file.
+fn configured_extra_deps(home: &FaizeHome) -> Result<Vec<String>> {
+    let config = Config::load(&home.config_file(), false)?;
+    config.extra_deps().map_err(anyhow::Error::msg)
+}
+
+/// `faize claude rebuild`: the claude image again, with `claude.extra_deps`. The new image is
+/// built beside the old one and moved into place only when complete, so a failed build leaves
+/// the old image working, and running sessions keep the image file they opened.
 pub fn claude_rebuild() -> Result<i32> {
-    bail!("not built yet")
+    let home = FaizeHome::from_env()?;
+    let deps = configured_extra_deps(&home)?;
+    let artifacts = Artifacts::new(&home).with_extra_deps(deps.clone());
+    let what = if deps.is_empty() { "no extra packages".to_string() } else { deps.join(", ") };
+    printer::notice(&format!("rebuilding the claude image with {what} (claude.extra_deps)"));
+    artifacts.rebuild(Kind::Claude, &BuildProgress::new())?;
+    printer::notice("the claude image is rebuilt; new sessions use it");
+    Ok(0)
 }

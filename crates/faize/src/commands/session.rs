@@ -60,10 +60,15 @@ fn launch(args: SessionArgs, interactive: bool) -> Result<i32> {
     }
     Tools::find()?;
     agent_binary()?;
-    let artifacts = Artifacts::new(&home);
+    let artifacts = Artifacts::new(&home).with_extra_deps(spec.extra_deps.clone());
     artifacts
         .ensure(&[Kind::Kernel, spec.image, Kind::Initramfs], &BuildProgress::new())
         .context("preparing the VM images (./setup.sh builds them ahead of time)")?;
+    if spec.image == Kind::Claude {
+        if let Some(n) = artifacts.extra_deps_notice() {
+            printer::notice(&n);
+        }
+    }
     let images = Images {
         kernel: artifacts.path(Kind::Kernel),
         initramfs: artifacts.path(Kind::Initramfs),
