@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
-"""Host memory of one session: RSS of faize (the session's supervisor today) and its sidecars,
-and QEMU's RSS beyond the guest RAM it has touched (its shared-memory RSS).
+"""Host memory of one session: RSS of faize (the terminal side, and the session's supervisor)
+and its sidecars, and QEMU's RSS beyond the guest RAM it has touched (its shared-memory RSS).
 
 Usage: bench/memory.py   (after ./setup.sh; uses target/release/faize)
 """
@@ -37,7 +37,11 @@ with tempfile.TemporaryDirectory() as project, tempfile.TemporaryDirectory() as 
                          stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
     p.stdout.readline()  # the program runs: the VM is fully up
     time.sleep(2)
-    rows = [(p.pid, status(p.pid))] + [(c, status(c)) for c in children(p.pid)]
+    # faize run (the terminal side) → its supervisor → QEMU and the sidecars.
+    supervisors = children(p.pid)
+    rows = [(p.pid, status(p.pid))]
+    for sup in supervisors:
+        rows += [(sup, status(sup))] + [(c, status(c)) for c in children(sup)]
     p.terminate()  # faize stops the session and cleans up
     p.wait()
 

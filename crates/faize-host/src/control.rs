@@ -4,7 +4,7 @@
 //! per line (`{"ok": true}` or `{"ok": false, "error": "..."}`). The socket lives in the
 //! session's private runtime folder (mode 0700).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -76,24 +76,6 @@ fn apply(line: &str, policy: &RwLock<Policy>) -> Result<Applied> {
         _ => bail!("unknown op {op:?}: use allow or deny"),
     }
     Ok(Applied::Policy(op.to_string(), rule.to_string()))
-}
-
-/// Finds the control socket of the running session `id` (a unique prefix is enough).
-pub fn find(id: &str) -> Result<PathBuf> {
-    let base = crate::home::runtime_base();
-    let found: Vec<PathBuf> = std::fs::read_dir(&base)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(id))
-        .map(|e| e.path().join(SOCKET))
-        .filter(|p| p.exists())
-        .collect();
-    match found.len() {
-        0 => bail!("no running session {id}: check the id (the session must still be running)"),
-        1 => Ok(found.into_iter().next().expect("one")),
-        n => bail!("{id} matches {n} running sessions: give more of the id"),
-    }
 }
 
 /// Sends one policy change to a running session.

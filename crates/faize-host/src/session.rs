@@ -166,16 +166,8 @@ pub trait Lifecycle {
 }
 
 /// Runs a session to its end. `first` is the terminal that launched it, if it stays attached.
-pub async fn run(
-    spec: &SessionSpec,
-    home: &FaizeHome,
-    tools: &Tools,
-    images: &Images,
-    dirs: &Dirs,
-    terminal: &TerminalInfo,
-    first: Option<UnixStream>,
-    lifecycle: &mut dyn Lifecycle,
-) -> Outcome {
+pub async fn run(launch: &Parts<'_>, first: Option<UnixStream>, lifecycle: &mut dyn Lifecycle) -> Outcome {
+    let Parts { spec, home, dirs, .. } = *launch;
     let mut timings = Timings { start: Instant::now(), marks: Vec::new() };
     let mut helpers: Vec<Helper> = Vec::new();
     let mut report = String::new();
@@ -191,9 +183,8 @@ pub async fn run(
             (snapshots, started.elapsed())
         })
     }));
-    let launch = Launch { spec, tools, images, dirs, home, terminal };
     let mut terminals = Terminals::new(first);
-    let result = boot_and_run(&launch, &mut helpers, &mut timings, &mut baseline, &mut terminals, lifecycle).await;
+    let result = boot_and_run(launch, &mut helpers, &mut timings, &mut baseline, &mut terminals, lifecycle).await;
     // All at once, QEMU first (it holds the sidecars' sockets). The sidecars are reaped now (no
     // write reaches the shares after this); QEMU, which takes longest to release guest memory,
     // is reaped at the very end.
@@ -297,7 +288,7 @@ fn tidy_session_dir(dir: &Path, keep_logs: bool) {
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let log = name.to_string_lossy().ends_with(".log");
-        if !keep.iter().any(|k| name == *k) && !(keep_logs && log) {
+        if !(keep.iter().any(|k| name == *k) || keep_logs && log) {
             let p = entry.path();
             let _ = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
         }
@@ -366,17 +357,17 @@ impl Timings {
 }
 
 /// What a session is started from.
-struct Launch<'a> {
-    spec: &'a SessionSpec,
-    tools: &'a Tools,
-    images: &'a Images,
-    dirs: &'a Dirs,
-    home: &'a FaizeHome,
-    terminal: &'a TerminalInfo,
+pub struct Parts<'a> {
+    pub spec: &'a SessionSpec,
+    pub tools: &'a Tools,
+    pub images: &'a Images,
+    pub dirs: &'a Dirs,
+    pub home: &'a FaizeHome,
+    pub terminal: &'a TerminalInfo,
 }
 
 async fn boot_and_run(
-    launch: &Launch<'_>,
+    launch: &Parts<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
     baseline: &mut Baseline,
@@ -396,13 +387,13 @@ async fn boot_and_run(
 
 /// Everything up to the program's start: scratch disk, sidecars, QEMU, handshake, setup, Exec.
 async fn boot(
-    launch: &Launch<'_>,
+    launch: &Parts<'_>,
     helpers: &mut Vec<Helper>,
     timings: &mut Timings,
     baseline: &mut Baseline,
     terminals: &mut Terminals,
 ) -> Result<Booted> {
-    let Launch { spec, tools, images, dirs, home, terminal } = *launch;
+    let Parts { spec, tools, images, dirs, home, terminal } = *launch;
     let scratch = dirs.session.join("scratch.img");
     make_scratch_disk(&tools.mkfs_ext4, &scratch, spec.scratch_bytes)?;
     timings.mark("scratch_ready");
@@ -730,7 +721,7 @@ fn serve_attach(listener: UnixListener, events: mpsc::Sender<Event>) {
 /// Moves bytes between the guest's program and the attached terminal until the program exits;
 /// serves attaches, execs and stops meanwhile.
 async fn relay(
-    launch: &Launch<'_>,
+    launch: &Parts<'_>,
     terminals: &mut Terminals,
     booted: Booted,
     helpers: &mut [Helper],

@@ -93,7 +93,15 @@ async fn supervise(fd: OwnedFd) -> i32 {
     let Prepared { spec, home, tools, dirs, _lock, state } = prepared;
     let terminal = TerminalInfo { tty: launch.tty.map(Into::into), term_env: launch.term_env.clone() };
     let mut record = Record { state, dir: dirs.session.clone() };
-    let outcome = session::run(&spec, &home, &tools, &launch.images, &dirs, &terminal, Some(conn), &mut record).await;
+    let parts = session::Parts {
+        spec: &spec,
+        tools: &tools,
+        images: &launch.images,
+        dirs: &dirs,
+        home: &home,
+        terminal: &terminal,
+    };
+    let outcome = session::run(&parts, Some(conn), &mut record).await;
     eprint!("{}", outcome.report);
     outcome.code
 }

@@ -405,7 +405,10 @@ fn sessions_outlive_their_terminal_and_are_managed_from_the_cli() {
     let out = env.faize().arg("prune").output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(text(&out.stderr).contains("removed 3 ended sessions"), "{}", text(&out.stderr));
-    assert_eq!(ps(&env).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(), [running.clone()]);
+    assert_eq!(
+        ps(&env).iter().map(|r| r["id"].as_str().unwrap().to_string()).collect::<Vec<_>>(),
+        std::slice::from_ref(&running)
+    );
     let out = env.faize().args(["prune", "--all", "--yes"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert!(ps(&env).is_empty(), "{:?}", ps(&env));
@@ -947,4 +950,44 @@ fn kept_id(env: &Env) -> String {
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .expect("a session");
     id
+}
+
+#[test]
+fn claude_rebuild_bakes_in_extra_packages_and_a_failed_build_keeps_the_old_image() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    // Its own images folder: the shared images are never touched by this test.
+    let images = tempfile::tempdir().unwrap();
+    for f in ["vmlinux", "initramfs.cpio", "claude.erofs", "manifest.json"] {
+        std::fs::copy(common::artifacts_dir().join(f), images.path().join(f)).unwrap();
+    }
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path().to_str().unwrap();
+    let faize = |args: &[&str]| {
+        env.faize().env("FAIZE_ARTIFACTS_DIR", images.path()).args(args).stdin(Stdio::null()).output().unwrap()
+    };
+
+    // A misspelled package: the build fails naming it (apt's own message), the old image stays.
+    env.config("claude:\n  extra_deps: [faize-no-such-package]\n");
+    let out = faize(&["claude", "rebuild"]);
+    let se = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{se}");
+    assert!(se.contains("faize-no-such-package"), "the failure names the package: {se}");
+    let out = faize(&["run", "--image", "claude", "-p", p, "--", "sh", "-c", "command -v hello || echo no-hello"]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!((out.status.code(), so.as_str()), (Some(0), "no-hello\n"), "the old image still works: {se}");
+    assert!(se.contains("claude.extra_deps changed since the claude image was built"), "{se}");
+
+    // A real one: in the next session.
+    env.config("claude:\n  extra_deps: [hello]\n");
+    let out = faize(&["claude", "rebuild"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let out = faize(&["run", "--image", "claude", "-p", p, "--", "hello"]);
+    let (so, se) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!((out.status.code(), so.as_str()), (Some(0), "Hello, world!\n"), "{se}");
+    assert!(!se.contains("extra_deps changed"), "{se}");
+    let listing = text(&faize(&["artifacts"]).stdout);
+    assert!(listing.lines().any(|l| l.starts_with("claude") && l.contains("extra-deps=hello")), "{listing}");
 }

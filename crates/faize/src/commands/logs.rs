@@ -11,17 +11,10 @@ pub fn run(id: &str, net: bool) -> Result<i32> {
         bail!("say which log: --net (the network audit log)");
     }
     let home = FaizeHome::from_env()?;
-    let dirs: Vec<_> = std::fs::read_dir(home.sessions())
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with(id) && e.path().join(NET_LOG).exists())
-        .collect();
-    let dir = match dirs.as_slice() {
-        [d] => d.path(),
-        [] => bail!("no network log for session {id}: check the id with `ls {}`", home.sessions().display()),
-        _ => bail!("{id} matches {} sessions: give more of the id", dirs.len()),
-    };
+    let dir = faize_host::state::find(&home, id)?.dir;
+    if !dir.join(NET_LOG).exists() {
+        bail!("session {id} has no network log (it made no DNS question or connection)");
+    }
     for e in faize_net::proxy::read_log(&dir.join(NET_LOG))? {
         let s = |k: &str| e[k].as_str().map(str::to_string).or_else(|| e[k].as_u64().map(|n| n.to_string()));
         let target = match (s("name"), s("port")) {

@@ -21,14 +21,28 @@ pub fn run(action: NetworkAction) -> Result<i32> {
         }
         NetworkAction::Allow { id, rule } => {
             faize_net::Policy::default().add(&rule)?;
-            faize_host::control::send(&faize_host::control::find(&id)?, "allow", &rule)?;
+            faize_host::control::send(&control_socket(&id)?, "allow", &rule)?;
             printer::notice(&format!("session {id} now allows {rule}"));
             Ok(0)
         }
         NetworkAction::Deny { id, rule } => {
-            faize_host::control::send(&faize_host::control::find(&id)?, "deny", &rule)?;
+            faize_host::control::send(&control_socket(&id)?, "deny", &rule)?;
             printer::notice(&format!("session {id} no longer allows {rule}"));
             Ok(0)
         }
     }
+}
+
+/// The control socket of the running session `query` (id, name or unique id prefix).
+fn control_socket(query: &str) -> Result<std::path::PathBuf> {
+    let home = faize_host::home::FaizeHome::from_env()?;
+    let e = faize_host::state::find(&home, query)?;
+    if !e.is_running() {
+        anyhow::bail!(
+            "session {} is not running ({}): network rules change only in a running session",
+            e.state.id,
+            e.status_text()
+        );
+    }
+    Ok(faize_host::home::runtime_base().join(&e.state.id).join(faize_host::control::SOCKET))
 }
