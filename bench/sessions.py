@@ -142,7 +142,7 @@ def main():
                   f"{per_session:.0f} MiB per session; RSS of each session's processes "
                   f"(QEMU incl. guest RAM touched, sidecars, supervisor): median {statistics.median(own):.0f} MiB")
             print(f"sessions that fit in this machine's {total_kib / 1024 / 1024:.1f} GiB at that cost: "
-                  f"{int(before / 1024 / per_session)} idle (each guest may still grow to 512 MiB: "
+                  f"{int(before / 1024 / per_session)} idle ("
                   f"{int(before / 1024 / (512 + per_session))} if, conservatively, each also filled all 512 MiB)")
         finally:
             run(env, "prune", "--all", "--yes", check=False)

@@ -16,6 +16,17 @@ pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
 /// [`write_atomic`] with the file's permission bits (the temporary file has them from the start,
 /// so private data is never readable by others, even for a moment).
 pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    replace(path, data, mode, true)
+}
+
+/// Like [`write_atomic_mode`] but without waiting for the disk: readers still never see a mix,
+/// and a power cut may lose the update. For state that is rewritten often and matters only
+/// while the machine runs (a session's `state.json`; an fsync costs tens of milliseconds).
+pub fn write_replace_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
+    replace(path, data, mode, false)
+}
+
+fn replace(path: &Path, data: &[u8], mode: u32, durable: bool) -> Result<()> {
     use std::os::unix::fs::OpenOptionsExt;
     let dir = path.parent().unwrap_or(Path::new("."));
     let tmp =
@@ -28,7 +39,9 @@ pub fn write_atomic_mode(path: &Path, data: &[u8], mode: u32) -> Result<()> {
         .open(&tmp)
         .with_context(|| format!("creating {}", tmp.display()))?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if durable {
+        f.sync_all()?;
+    }
     fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
     Ok(())
 }

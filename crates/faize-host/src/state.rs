@@ -52,7 +52,7 @@ pub struct SessionState {
 impl SessionState {
     pub fn save(&self, dir: &Path) -> Result<()> {
         let json = serde_json::to_vec_pretty(self)?;
-        crate::fsutil::write_atomic_mode(&dir.join(STATE_FILE), &json, 0o600)
+        crate::fsutil::write_replace_mode(&dir.join(STATE_FILE), &json, 0o600)
     }
 
     pub fn load(dir: &Path) -> Result<Self> {
