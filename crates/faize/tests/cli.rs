@@ -164,3 +164,25 @@ fn network_presets_are_listed_and_bad_rules_refused() {
     env.config("networks:\n  - example.com:70000\n");
     fails_with(&env, &["run", "--", "true"], "1 to 65535");
 }
+
+#[test]
+fn session_commands_refuse_bad_input_and_unknown_sessions() {
+    let env = Env::new();
+    fails_with(&env, &["run", "--detach", "--", "true"], "cannot --detach");
+    fails_with(&env, &["run", "--name", "a b", "--", "true"], "--name \"a b\"");
+    fails_with(&env, &["run", "--name=.x", "--", "true"], "starting with a letter or digit");
+    fails_with(&env, &["attach", "nosuch"], "no session \"nosuch\"");
+    fails_with(&env, &["exec", "nosuch", "--", "true"], "no session \"nosuch\"");
+    fails_with(&env, &["kill"], "say which sessions");
+    fails_with(&env, &["network", "allow", "nosuch", "example.com"], "no session \"nosuch\"");
+    env.config("claude:\n  extra_deps: ['curl; rm -rf /']\n");
+    fails_with(&env, &["run", "--", "true"], "not a Debian package name");
+    fails_with(&env, &["claude", "rebuild"], "not a Debian package name");
+    // Nothing to list, stop or remove is not an error.
+    std::fs::remove_file(env.home.path().join("config.yaml")).unwrap();
+    for args in [&["ps"][..], &["ps", "--all", "--json"], &["kill", "--all"], &["prune"]] {
+        let out = env.run(args, b"");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {}", text(&out.stderr));
+    }
+    assert_eq!(text(&env.run(&["ps", "--json"], b"").stdout).trim(), "[]");
+}
