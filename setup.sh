@@ -21,6 +21,8 @@ packages=(
   linux-source-6.1 build-essential flex bison bc libelf-dev libssl-dev cpio xz-utils
   # building virtiofsd
   libcap-ng-dev libseccomp-dev pkg-config
+  # the clipboard tests: a virtual X display and the host's clipboard tool
+  xvfb xclip
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -11,6 +11,7 @@
 //! is up), then the VM is reset, which makes QEMU (`-no-reboot`) exit. The VM never hangs.
 
 mod channel;
+mod clipboard;
 mod net;
 mod program;
 mod system;
@@ -77,6 +78,7 @@ fn run(channel_slot: &mut Option<Channel>) -> Result<(), String> {
         Err(e) if network => no_network(e),
         _ => {}
     }
+    clipboard::serve(channel.clone());
     let status = program::run(channel, exec)?;
     // SAFETY: sync has no preconditions.
     unsafe { libc::sync() };

@@ -215,6 +215,7 @@ fn spawn_reader(
 /// Applies the host's input, resize, signal and shutdown messages while the program runs.
 fn spawn_control(channel: Channel, mut input: Input, pid: Pid) {
     std::thread::spawn(move || {
+        let mut clipboard = crate::clipboard::Staging::default();
         while let Ok(Some(msg)) = channel.recv() {
             match msg {
                 HostMsg::Stdin(data) => {
@@ -256,6 +257,14 @@ fn spawn_control(channel: Channel, mut input: Input, pid: Pid) {
                 }
                 HostMsg::OpenExec { token } => {
                     std::thread::spawn(move || exec_channel(token));
+                }
+                // Applied before the next message (the Ctrl+V that follows) reaches the program.
+                HostMsg::ClipboardClear => clipboard.clear(),
+                HostMsg::ClipboardData { mime, chunk } => clipboard.add(mime, chunk),
+                HostMsg::ClipboardCommit => {
+                    if let Err(e) = clipboard.commit() {
+                        let _ = channel.send(&GuestMsg::Stderr(format!("faize-agent: {e}\n").into_bytes()));
+                    }
                 }
                 HostMsg::Setup(_) | HostMsg::Exec(_) => {
                     let _ = channel.send(&GuestMsg::Stderr(b"faize-agent: ignoring an unexpected message\n".to_vec()));

@@ -3,8 +3,9 @@
 //! folder (or, for the process that launched the session, a socket pair).
 //!
 //! Frames: `u32 length (big-endian)`, a kind byte, the payload. Kind 1 and 2 carry raw bytes
-//! (input to the program / its stdout, and its stderr); kind 0 a JSON [`ToSupervisor`] or
-//! [`ToTerminal`]. At most [`MAX_FRAME`] bytes; anything else ends the connection.
+//! (input to the program / its stdout, and its stderr); kind 3 one clipboard item (`u16` length
+//! of the MIME type, the type, the data); kind 0 a JSON [`ToSupervisor`] or [`ToTerminal`]. At
+//! most [`MAX_FRAME`] bytes; anything else ends the connection.
 
 use std::path::PathBuf;
 
@@ -19,12 +20,13 @@ use crate::spec::Request;
 /// File name of the socket in the session's runtime folder.
 pub const SOCKET: &str = "attach.sock";
 
-/// Largest frame accepted (a launch request with many mounts is the largest control message).
-pub const MAX_FRAME: usize = 1 << 20;
+/// Largest frame accepted (a clipboard image is the largest).
+pub const MAX_FRAME: usize = crate::clipboard::MAX_ITEM + 1024;
 
 const CONTROL: u8 = 0;
 const DATA: u8 = 1;
 const ERR_DATA: u8 = 2;
+const CLIP: u8 = 3;
 
 /// A terminal size as sent over this socket.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -86,6 +88,14 @@ pub enum ToSupervisor {
     },
     /// Leave; the session goes on.
     Detach,
+    /// The user pressed Ctrl+V: the clipboard follows as [`Frame::Clip`] frames, then
+    /// `ClipboardEnd`, then the keystroke.
+    ClipboardBegin,
+    ClipboardEnd,
+    /// A line for the session's log (e.g. why the clipboard is unavailable).
+    Note {
+        text: String,
+    },
 }
 
 /// Supervisor → terminal side.
@@ -108,6 +118,8 @@ pub enum Frame<C> {
     Data(Vec<u8>),
     /// The program's standard error.
     ErrData(Vec<u8>),
+    /// One clipboard item: MIME type and data.
+    Clip(String, Vec<u8>),
 }
 
 /// Writes one frame.
@@ -116,6 +128,13 @@ pub async fn write<C: Serialize>(w: &mut (impl AsyncWrite + Unpin), frame: &Fram
         Frame::Control(c) => (CONTROL, serde_json::to_vec(c).map_err(std::io::Error::other)?),
         Frame::Data(d) => (DATA, d.clone()),
         Frame::ErrData(d) => (ERR_DATA, d.clone()),
+        Frame::Clip(mime, d) => {
+            let mut b = Vec::with_capacity(2 + mime.len() + d.len());
+            b.extend_from_slice(&(mime.len() as u16).to_be_bytes());
+            b.extend_from_slice(mime.as_bytes());
+            b.extend_from_slice(d);
+            (CLIP, b)
+        }
     };
     let mut out = Vec::with_capacity(body.len() + 5);
     out.extend_from_slice(&(body.len() as u32 + 1).to_be_bytes());
@@ -144,6 +163,14 @@ pub async fn read<C: for<'de> Deserialize<'de>>(r: &mut (impl AsyncRead + Unpin)
         CONTROL => Frame::Control(serde_json::from_slice(&data)?),
         DATA => Frame::Data(data),
         ERR_DATA => Frame::ErrData(data),
+        CLIP => {
+            let n = u16::from_be_bytes([*data.first().unwrap_or(&0), *data.get(1).unwrap_or(&0)]) as usize;
+            if data.len() < 2 + n {
+                bail!("a truncated clipboard frame on the session socket");
+            }
+            let mime = String::from_utf8(data[2..2 + n].to_vec())?;
+            Frame::Clip(mime, data[2 + n..].to_vec())
+        }
         k => bail!("unknown frame kind {k} on the session socket"),
     }))
 }
@@ -163,18 +190,23 @@ mod tests {
         write(&mut a, &Frame::Control(ToSupervisor::Resize(Size { rows: 40, cols: 120 }))).await.unwrap();
         write::<ToSupervisor>(&mut a, &Frame::Data(b"ls\n".to_vec())).await.unwrap();
         write::<ToSupervisor>(&mut a, &Frame::ErrData(vec![0xff, 0])).await.unwrap();
+        write::<ToSupervisor>(&mut a, &Frame::Clip("image/png".into(), vec![0x89, 0])).await.unwrap();
         match read::<ToSupervisor>(&mut b).await.unwrap() {
             Some(Frame::Control(ToSupervisor::Resize(s))) => assert_eq!((s.rows, s.cols), (40, 120)),
             other => panic!("{other:?}"),
         }
         assert!(matches!(read::<ToSupervisor>(&mut b).await.unwrap(), Some(Frame::Data(d)) if d == b"ls\n"));
         assert!(matches!(read::<ToSupervisor>(&mut b).await.unwrap(), Some(Frame::ErrData(d)) if d == [0xff, 0]));
+        assert!(
+            matches!(read::<ToSupervisor>(&mut b).await.unwrap(), Some(Frame::Clip(m, d)) if m == "image/png" && d == [0x89, 0])
+        );
         // Too long, unknown kind, not JSON: errors, not guesses.
         for bad in [
             [&((MAX_FRAME as u32 + 1).to_be_bytes())[..], &[0][..]].concat(),
             vec![0, 0, 0, 2, 9, 0],
             vec![0, 0, 0, 3, 0, b'{', b'x'],
             vec![0, 0, 0, 0],
+            vec![0, 0, 0, 4, 3, 0, 9, b'x'],
         ] {
             let (mut a, mut b) = tokio::net::UnixStream::pair().unwrap();
             a.write_all(&bad).await.unwrap();

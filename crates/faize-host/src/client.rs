@@ -11,7 +11,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
 use crate::attach::{self, Frame, Size, ToSupervisor, ToTerminal};
-use crate::terminal::{window_size, EscapeFilter, RawMode};
+use crate::terminal::{window_size, EscapeFilter, PasteKeys, RawMode};
 
 /// What this terminal is to the session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,6 +74,8 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
     let mut stderr = tokio::io::stderr();
     let mut stdout_open = true;
     let mut escape = EscapeFilter::default();
+    let mut paste_keys = PasteKeys::default();
+    let mut clipboard_unavailable_noted = false;
     let mut interrupted = false;
     let send = async |wr: &mut tokio::net::unix::OwnedWriteHalf, m: ToSupervisor| {
         // The supervisor going away shows up on the reading side.
@@ -94,6 +96,7 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
                 Some(Ok(Some(Frame::ErrData(d)))) => {
                     let _ = write_flush(&mut stderr, &d).await;
                 }
+                Some(Ok(Some(Frame::Clip(..)))) => {}
                 Some(Ok(Some(Frame::Control(ToTerminal::Running { .. })))) => {
                     if detach_when_running {
                         send(&mut wr, ToSupervisor::Detach).await;
@@ -118,8 +121,17 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
             i = recv_input(&mut input) => match i {
                 Some(d) if role == Role::Interactive => {
                     let f = escape.feed(&d);
-                    if !f.data.is_empty() {
-                        let _ = attach::write(&mut wr, &Frame::<ToSupervisor>::Data(f.data)).await;
+                    // Each Ctrl+V the user types hands the guest the clipboard first.
+                    let mut from = 0;
+                    for key in paste_keys.feed(&f.data) {
+                        if key > from {
+                            let _ = attach::write(&mut wr, &Frame::<ToSupervisor>::Data(f.data[from..key].to_vec())).await;
+                        }
+                        sync_clipboard(&mut wr, &mut clipboard_unavailable_noted).await;
+                        from = key;
+                    }
+                    if from < f.data.len() {
+                        let _ = attach::write(&mut wr, &Frame::<ToSupervisor>::Data(f.data[from..].to_vec())).await;
                     }
                     if f.detach {
                         send(&mut wr, ToSupervisor::Detach).await;
@@ -163,6 +175,27 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
                 }
                 interrupted = true;
             }
+        }
+    }
+}
+
+/// Sends the host clipboard to the session (before the Ctrl+V keystroke that asked for it).
+/// Without a clipboard (no display) nothing is sent; the reason goes to the session's log once.
+async fn sync_clipboard(wr: &mut tokio::net::unix::OwnedWriteHalf, noted: &mut bool) {
+    match crate::clipboard::read().await {
+        crate::clipboard::Content::Unavailable(why) => {
+            if !*noted {
+                *noted = true;
+                let text = format!("clipboard: {why}; Ctrl+V passes through unchanged");
+                let _ = attach::write(wr, &Frame::Control(ToSupervisor::Note { text })).await;
+            }
+        }
+        crate::clipboard::Content::Items(items) => {
+            let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardBegin)).await;
+            for (mime, data) in items {
+                let _ = attach::write::<ToSupervisor>(wr, &Frame::Clip(mime, data)).await;
+            }
+            let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardEnd)).await;
         }
     }
 }

@@ -50,6 +50,20 @@ pub struct Config {
     pub vm: VmConfig,
     #[serde(default)]
     pub network: NetworkConfig,
+    #[serde(default)]
+    pub clipboard: ClipboardConfig,
+    /// Hosts whose https URLs the guest may open in the user's browser (`*.example.com` for
+    /// subdomains); `None`: the hosts Claude Code's login needs.
+    pub open_urls: Option<Vec<String>>,
+}
+
+/// The clipboard bridge.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClipboardConfig {
+    /// Let copies made in the guest (`xclip -i`, `wl-copy`) reach the host's clipboard.
+    #[serde(default)]
+    pub copy_to_host: bool,
 }
 
 /// How the network allowlist is served (the rules themselves are `networks:`).

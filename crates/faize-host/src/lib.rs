@@ -11,6 +11,7 @@ pub mod artifacts;
 pub mod attach;
 pub mod changes;
 pub mod client;
+pub mod clipboard;
 pub mod config;
 pub mod control;
 pub mod doctor;

@@ -30,6 +30,10 @@ use crate::vmm::{self, QemuSpec};
 
 /// The session's network audit log, in its folder.
 pub const NET_LOG: &str = "net.jsonl";
+/// The guest's requests to the host (URLs to open, copies), in the session folder.
+pub const REQUESTS_LOG: &str = "requests.jsonl";
+/// Clipboard content goes to the guest in pieces of this size.
+const CLIPBOARD_CHUNK: usize = 512 * 1024;
 
 /// Exit codes of faize itself (a program's own exit code is passed through unchanged).
 pub mod exit_code {
@@ -284,7 +288,7 @@ fn report_denied(log: &Path) -> String {
 /// folder itself stays until `faize prune`.
 fn tidy_session_dir(dir: &Path, keep_logs: bool) {
     use crate::state::{LOCK_FILE, STATE_FILE};
-    let keep = [changes::FILE, NET_LOG, STATE_FILE, LOCK_FILE, crate::supervisor::LOG];
+    let keep = [changes::FILE, NET_LOG, REQUESTS_LOG, STATE_FILE, LOCK_FILE, crate::supervisor::LOG];
     for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
         let name = entry.file_name();
         let log = name.to_string_lossy().ends_with(".log");
@@ -517,7 +521,7 @@ struct Booted {
 /// A program to run in the session: as the agent's user, in the project, with the session's
 /// environment and the user's terminal type.
 fn program(spec: &SessionSpec, argv: Vec<String>, tty: Option<WinSize>, term_env: &[(String, String)]) -> Exec {
-    let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone())];
+    let mut env = vec![("FAIZE_SESSION".to_string(), spec.id.clone()), ("BROWSER".into(), "xdg-open".into())];
     env.extend(shares::toolchain_env());
     if tty.is_some() {
         env.extend(term_env.iter().filter(|(k, _)| k == "TERM" || k == "COLORTERM").cloned());
@@ -754,6 +758,7 @@ async fn relay(
     };
     tokio::spawn(crate::control::serve(control, policy, proxy, Box::new(on_stop)));
 
+    let host_requests = HostRequests { log: dirs.session.join(REQUESTS_LOG), spec };
     let mut stdin_open = true;
     let mut pending_execs: std::collections::HashMap<u64, (UnixStream, Exec)> = Default::default();
     let mut buf = vec![0u8; 128 * 1024];
@@ -782,6 +787,12 @@ async fn relay(
                         (false, None) => Ending::Exited(status),
                     });
                 }
+                GuestMsg::OpenUrl { url } => {
+                    if let Some(notice) = host_requests.open_url(&url) {
+                        terminals.output(Frame::ErrData(notice.into_bytes())).await;
+                    }
+                }
+                GuestMsg::Copy { mime, data } => host_requests.copy(mime, data),
                 GuestMsg::Fatal(m) => bail!("the guest agent failed: {m}"),
                 other => bail!("unexpected message from the guest agent: {other:?}"),
             }
@@ -815,6 +826,14 @@ async fn relay(
                     }
                     Some(Frame::Control(ToSupervisor::Resize(size))) => { let _ = to_guest.send(HostMsg::Resize(size.into())).await; }
                     Some(Frame::Control(ToSupervisor::Signal { signal })) => { let _ = to_guest.send(HostMsg::Signal(signal)).await; }
+                    Some(Frame::Control(ToSupervisor::ClipboardBegin)) => { let _ = to_guest.send(HostMsg::ClipboardClear).await; }
+                    Some(Frame::Clip(mime, data)) => {
+                        for chunk in data.chunks(CLIPBOARD_CHUNK) {
+                            let _ = to_guest.send(HostMsg::ClipboardData { mime: mime.clone(), chunk: chunk.to_vec() }).await;
+                        }
+                    }
+                    Some(Frame::Control(ToSupervisor::ClipboardEnd)) => { let _ = to_guest.send(HostMsg::ClipboardCommit).await; }
+                    Some(Frame::Control(ToSupervisor::Note { text })) => eprintln!("{text}"),
                     Some(Frame::Control(ToSupervisor::Stop { grace_ms })) => {
                         stop(&mut stopped, Duration::from_millis(grace_ms.into()), "stopped from its terminal".into(), hard_stop.as_mut());
                     }
@@ -901,6 +920,54 @@ async fn relay(
                     }
                 }
             }
+        }
+    }
+}
+
+/// What the guest asks of the host besides its program's I/O: opening URLs and copies to the
+/// clipboard. Each request and what was done is logged in the session folder.
+struct HostRequests<'a> {
+    log: PathBuf,
+    spec: &'a SessionSpec,
+}
+
+impl HostRequests<'_> {
+    fn record(&self, mut entry: serde_json::Value) {
+        use std::io::Write;
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+        entry["time"] = ((now * 1000.0).round() / 1000.0).into();
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
+            let _ = writeln!(f, "{entry}");
+        }
+    }
+
+    /// Opens an allowed URL in the user's browser; returns what to show the user otherwise.
+    fn open_url(&self, url: &str) -> Option<String> {
+        use crate::clipboard::{decide_url, open_in_browser, UrlDecision};
+        let shown = crate::clipboard::printable(url);
+        let (decision, why) = match decide_url(url, &self.spec.open_urls) {
+            UrlDecision::Open => match open_in_browser(url) {
+                Ok(()) => ("opened", None),
+                Err(e) => ("shown", Some(e)),
+            },
+            UrlDecision::Show(why) => ("shown", Some(why)),
+        };
+        self.record(serde_json::json!({"event": "open-url", "url": url, "decision": decision, "reason": why}));
+        why.map(|why| {
+            format!("\r\nfaize: the VM asks to open {shown}\r\nfaize: not opened ({why}); copy it into your browser if you trust it\r\n")
+        })
+    }
+
+    /// A copy made in the guest: to the host's clipboard only with `clipboard.copy_to_host`.
+    fn copy(&self, mime: String, data: Vec<u8>) {
+        let allowed = self.spec.copy_to_host;
+        self.record(serde_json::json!({"event": "copy", "mime": mime, "bytes": data.len(), "decision": if allowed { "copied" } else { "ignored (clipboard.copy_to_host is off)" }}));
+        if allowed {
+            tokio::spawn(async move {
+                if let Err(e) = crate::clipboard::write(&mime, data).await {
+                    eprintln!("copying to the host's clipboard: {e}");
+                }
+            });
         }
     }
 }

@@ -78,7 +78,7 @@ pub fn plan(spec: &SessionSpec, home: &FaizeHome, session_dir: &Path) -> Result<
     }
     shares.push(share(toolchain, TOOLCHAIN_DIR, false));
 
-    let mut writes = Vec::new();
+    let mut writes = guest_shims();
     if spec.image == crate::artifacts::Kind::Claude {
         let store = agent_config::stored_credentials(&credentials_dir(&home.root));
         let seed = if spec.persist_credentials && store.is_file() {
@@ -227,6 +227,33 @@ pub async fn start(
 }
 
 /// Environment that points installs and caches into the shared toolchain folder.
+/// The clipboard and URL shims the guest gets in `/usr/local/bin` (ahead of `/usr/bin` on its
+/// PATH): they talk to the agent, never to the host directly (`resources/guest/`).
+fn guest_shims() -> Vec<FileWrite> {
+    const SHIMS: [(&str, &str); 6] = [
+        ("xclip", include_str!("../../../resources/guest/xclip")),
+        ("xsel", include_str!("../../../resources/guest/xsel")),
+        ("wl-paste", include_str!("../../../resources/guest/wl-paste")),
+        ("wl-copy", include_str!("../../../resources/guest/wl-copy")),
+        ("xdg-open", include_str!("../../../resources/guest/xdg-open")),
+        ("open", include_str!("../../../resources/guest/xdg-open")),
+    ];
+    let mut writes: Vec<FileWrite> = SHIMS
+        .iter()
+        .map(|(name, text)| FileWrite {
+            path: format!("/usr/local/bin/{name}"),
+            data: text.as_bytes().to_vec(),
+            mode: 0o755,
+        })
+        .collect();
+    writes.push(FileWrite {
+        path: "/usr/local/lib/faize-clipboard.sh".into(),
+        data: include_bytes!("../../../resources/guest/faize-clipboard.sh").to_vec(),
+        mode: 0o644,
+    });
+    writes
+}
+
 pub fn toolchain_env() -> Vec<(String, String)> {
     [
         ("PATH", format!("{TOOLCHAIN_DIR}/bin:{GUEST_PATH}")),

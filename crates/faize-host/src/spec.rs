@@ -67,6 +67,10 @@ pub struct SessionSpec {
     pub network: faize_net::Policy,
     /// `claude.extra_deps`: Debian packages the claude image should hold.
     pub extra_deps: Vec<String>,
+    /// `open_urls`: hosts whose https URLs the guest may open in the user's browser.
+    pub open_urls: Vec<String>,
+    /// `clipboard.copy_to_host`.
+    pub copy_to_host: bool,
     /// `network.hosts`: names mapped to addresses explicitly.
     pub network_hosts: std::collections::HashMap<String, std::net::IpAddr>,
     /// `network.resolver`: where the proxy resolves names.
@@ -262,6 +266,18 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         None => faize_net::resolve::Resolver::System,
     };
     let extra_deps = config.extra_deps().map_err(anyhow::Error::msg)?;
+    let open_urls = match &config.open_urls {
+        Some(hosts) => {
+            for h in hosts {
+                let bare = h.strip_prefix("*.").unwrap_or(h);
+                if bare.is_empty() || !bare.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.') {
+                    bail!("open_urls: {h:?} is not a host name: write e.g. claude.ai or *.example.com");
+                }
+            }
+            hosts.clone()
+        }
+        None => crate::clipboard::DEFAULT_OPEN_URLS.map(String::from).to_vec(),
+    };
     if accel.accel == accel::Accel::Tcg && forced.is_none() {
         notices.push(format!("using the TCG emulator (slow): {}", accel.reason));
     }
@@ -277,6 +293,8 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         show_diff: !req.no_diff && config.claude.show_diff != Some(false),
         network,
         extra_deps,
+        open_urls,
+        copy_to_host: config.clipboard.copy_to_host,
         network_hosts,
         network_resolver,
         network_limits,

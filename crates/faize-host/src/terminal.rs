@@ -121,3 +121,47 @@ mod tests {
         assert_eq!(run(&[b"\x03"]), (b"\x03".to_vec(), false));
     }
 }
+
+/// Finds the Ctrl+V keystrokes (byte 0x16) in keyboard input, leaving out bracketed pastes
+/// (`ESC [200~` … `ESC [201~`): pasted text is passed through untouched.
+#[derive(Debug, Default)]
+pub struct PasteKeys {
+    in_paste: bool,
+    recent: Vec<u8>,
+}
+
+impl PasteKeys {
+    /// The offsets in `input` of the Ctrl+V bytes the user typed.
+    pub fn feed(&mut self, input: &[u8]) -> Vec<usize> {
+        let mut keys = Vec::new();
+        for (i, &b) in input.iter().enumerate() {
+            self.recent.push(b);
+            if self.recent.len() > 6 {
+                self.recent.remove(0);
+            }
+            if self.recent.ends_with(b"\x1b[200~") {
+                self.in_paste = true;
+            } else if self.recent.ends_with(b"\x1b[201~") {
+                self.in_paste = false;
+            } else if b == 0x16 && !self.in_paste {
+                keys.push(i);
+            }
+        }
+        keys
+    }
+}
+
+#[cfg(test)]
+mod paste_tests {
+    use super::PasteKeys;
+
+    #[test]
+    fn ctrl_v_is_found_outside_bracketed_pastes_even_across_reads() {
+        let mut p = PasteKeys::default();
+        assert_eq!(p.feed(b"ab\x16cd\x16"), [2, 5]);
+        // A paste split over three reads, with a 0x16 inside: untouched.
+        assert_eq!(p.feed(b"\x1b[20"), Vec::<usize>::new());
+        assert_eq!(p.feed(b"0~x\x16y\x1b[2"), Vec::<usize>::new());
+        assert_eq!(p.feed(b"01~\x16"), [3]);
+    }
+}

@@ -27,7 +27,7 @@ pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf, W
 pub use messages::*;
 
 /// Version of this protocol; both sides must speak exactly the same one.
-pub const PROTOCOL_VERSION: u16 = 6;
+pub const PROTOCOL_VERSION: u16 = 7;
 
 /// Largest frame accepted in either direction (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;
@@ -63,6 +63,12 @@ pub const GUEST_USER: &str = "faize";
 pub const GUEST_UID: u32 = 1000;
 
 /// The guest's PATH. The host's toolchain folder comes first when it is shared.
+/// The agent's service for the guest's shims (`xdg-open`, `xclip -i`), on the guest's loopback:
+/// one request per connection, `open URL` or `copy MIME LENGTH` then the data.
+pub const GUEST_SERVICE_PORT: u16 = 15002;
+/// Where the agent keeps the clipboard synced at the last Ctrl+V: `types` (one MIME type per
+/// line) and the data of line N in the file `N`.
+pub const GUEST_CLIPBOARD_DIR: &str = "/run/faize/clipboard";
 pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where `~/.faize/toolchain` is shared, read-write.

@@ -96,6 +96,15 @@ pub enum HostMsg {
     OpenExec {
         token: u64,
     },
+    /// The host clipboard as of the user's last Ctrl+V follows: forget what is being staged.
+    ClipboardClear,
+    /// Part of one type of the clipboard's content (a type may come in several chunks).
+    ClipboardData {
+        mime: String,
+        chunk: Vec<u8>,
+    },
+    /// The staged clipboard replaces the guest's, all at once (nothing staged: it is emptied).
+    ClipboardCommit,
 }
 
 /// Guest to host.
@@ -119,6 +128,16 @@ pub enum GuestMsg {
     ExecChannel {
         token: u64,
     },
+    /// A program in the guest asks the host to open this URL (`xdg-open`, `$BROWSER`).
+    OpenUrl {
+        url: String,
+    },
+    /// A program in the guest copied this (`xclip -i`); the host's clipboard takes it only when
+    /// the user allowed it.
+    Copy {
+        mime: String,
+        data: Vec<u8>,
+    },
 }
 
 mod tag {
@@ -130,6 +149,9 @@ mod tag {
     pub const SIGNAL: u8 = 0x06;
     pub const SHUTDOWN: u8 = 0x07;
     pub const OPEN_EXEC: u8 = 0x08;
+    pub const CLIPBOARD_CLEAR: u8 = 0x09;
+    pub const CLIPBOARD_DATA: u8 = 0x0a;
+    pub const CLIPBOARD_COMMIT: u8 = 0x0b;
     pub const HELLO: u8 = 0x81;
     pub const READY: u8 = 0x82;
     pub const STDOUT: u8 = 0x83;
@@ -137,6 +159,8 @@ mod tag {
     pub const EXIT: u8 = 0x85;
     pub const FATAL: u8 = 0x86;
     pub const EXEC_CHANNEL: u8 = 0x87;
+    pub const OPEN_URL: u8 = 0x88;
+    pub const COPY: u8 = 0x89;
 }
 
 fn put_winsize(out: &mut Vec<u8>, w: WinSize) {
@@ -217,6 +241,13 @@ impl Wire for HostMsg {
                 put::u8(out, tag::OPEN_EXEC);
                 put::u64(out, *token);
             }
+            HostMsg::ClipboardClear => put::u8(out, tag::CLIPBOARD_CLEAR),
+            HostMsg::ClipboardData { mime, chunk } => {
+                put::u8(out, tag::CLIPBOARD_DATA);
+                put::str(out, mime);
+                put::bytes(out, chunk);
+            }
+            HostMsg::ClipboardCommit => put::u8(out, tag::CLIPBOARD_COMMIT),
         }
     }
 
@@ -269,6 +300,9 @@ impl Wire for HostMsg {
             tag::SIGNAL => HostMsg::Signal(r.i32()?),
             tag::SHUTDOWN => HostMsg::Shutdown { grace_ms: r.u32()? },
             tag::OPEN_EXEC => HostMsg::OpenExec { token: r.u64()? },
+            tag::CLIPBOARD_CLEAR => HostMsg::ClipboardClear,
+            tag::CLIPBOARD_DATA => HostMsg::ClipboardData { mime: r.str()?, chunk: r.bytes()? },
+            tag::CLIPBOARD_COMMIT => HostMsg::ClipboardCommit,
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -304,6 +338,15 @@ impl Wire for GuestMsg {
                 put::u8(out, tag::EXEC_CHANNEL);
                 put::u64(out, *token);
             }
+            GuestMsg::OpenUrl { url } => {
+                put::u8(out, tag::OPEN_URL);
+                put::str(out, url);
+            }
+            GuestMsg::Copy { mime, data } => {
+                put::u8(out, tag::COPY);
+                put::str(out, mime);
+                put::bytes(out, data);
+            }
         }
     }
 
@@ -316,6 +359,8 @@ impl Wire for GuestMsg {
             tag::EXIT => GuestMsg::Exit(ExitStatus { code: r.i32()?, signal: r.i32()? }),
             tag::FATAL => GuestMsg::Fatal(r.str()?),
             tag::EXEC_CHANNEL => GuestMsg::ExecChannel { token: r.u64()? },
+            tag::OPEN_URL => GuestMsg::OpenUrl { url: r.str()? },
+            tag::COPY => GuestMsg::Copy { mime: r.str()?, data: r.bytes()? },
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -350,6 +395,9 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
         HostMsg::Signal(2),
         HostMsg::Shutdown { grace_ms: 5000 },
         HostMsg::OpenExec { token: 0x0123_4567_89ab_cdef },
+        HostMsg::ClipboardClear,
+        HostMsg::ClipboardData { mime: "image/png".into(), chunk: vec![0x89, b'P', b'N', b'G'] },
+        HostMsg::ClipboardCommit,
     ];
     let guest = vec![
         GuestMsg::Hello { version: crate::PROTOCOL_VERSION, agent_version: "0.1.0".into() },
@@ -359,6 +407,8 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
         GuestMsg::Exit(ExitStatus { code: 130, signal: 2 }),
         GuestMsg::Fatal("cannot mount /dev/vda".into()),
         GuestMsg::ExecChannel { token: 0x0123_4567_89ab_cdef },
+        GuestMsg::OpenUrl { url: "https://claude.ai/oauth/authorize?x=1".into() },
+        GuestMsg::Copy { mime: "text/plain".into(), data: b"copied".to_vec() },
     ];
     (host, guest)
 }

