@@ -256,6 +256,21 @@ fn forward(tcp: TcpStream, names: Arc<Mutex<Names>>) {
     splice(tcp, host_conn);
 }
 
+/// A login callback the host accepted for the guest's `127.0.0.1:port`: a new channel to the
+/// host, announced with the token, joined to a new connection to that port. When nothing listens
+/// there, the channel is closed and the host closes the callback.
+pub fn inbound(token: u64, port: u16) {
+    let Ok(fd) = vsock_connect(faize_protocol::CONTROL_PORT) else { return };
+    let mut host = File::from(fd);
+    let hello = encode_frame(&faize_protocol::GuestMsg::ExecChannel { token });
+    if host.write_all(&hello).is_err() {
+        return;
+    }
+    if let Ok(tcp) = TcpStream::connect((Ipv4Addr::LOCALHOST, port)) {
+        splice(tcp, host);
+    }
+}
+
 /// Copies both ways until each side ends, passing half-closes on.
 fn splice(tcp: TcpStream, host: File) {
     let (Ok(mut tcp_r), Ok(mut host_r)) = (tcp.try_clone(), host.try_clone()) else { return };

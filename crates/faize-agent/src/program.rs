@@ -258,6 +258,9 @@ fn spawn_control(channel: Channel, mut input: Input, pid: Pid) {
                 HostMsg::OpenExec { token } => {
                     std::thread::spawn(move || exec_channel(token));
                 }
+                HostMsg::OpenInbound { token, port } => {
+                    std::thread::spawn(move || crate::net::inbound(token, port));
+                }
                 // Applied before the next message (the Ctrl+V that follows) reaches the program.
                 HostMsg::ClipboardClear => clipboard.clear(),
                 HostMsg::ClipboardData { mime, chunk } => clipboard.add(mime, chunk),

@@ -1,7 +1,7 @@
 //! The host's side of the clipboard bridge and of opening links:
-//! - reading the user's clipboard (text, and images as PNG) when they press Ctrl+V, through
-//!   `wl-paste` on Wayland or `xclip` on X11, each call bounded by a timeout so a hung clipboard
-//!   owner cannot freeze the terminal;
+//! - reading the user's clipboard (text, and images as PNG: other formats are converted) when
+//!   they press Ctrl+V, through `wl-paste` on Wayland or `xclip` on X11, each call bounded by a
+//!   timeout so a hung clipboard owner cannot freeze the terminal;
 //! - writing to it, for guest copies the user allowed (`clipboard.copy_to_host`);
 //! - deciding whether a URL the guest asks to open is opened (`open_urls`) or only shown.
 
@@ -75,9 +75,9 @@ pub async fn read() -> Content {
         Ok(t) => t,
         Err(why) => return Content::Unavailable(why),
     };
-    let (program, types) = match &tool {
-        Tool::Wayland(p) => (p, output(p, &["--list-types"]).await),
-        Tool::X11(p) => (p, output(p, &["-selection", "clipboard", "-t", "TARGETS", "-o"]).await),
+    let types = match &tool {
+        Tool::Wayland(p) => output(p, &["--list-types"]).await,
+        Tool::X11(p) => output(p, &["-selection", "clipboard", "-t", "TARGETS", "-o"]).await,
     };
     let types: Vec<String> =
         types.map(|t| String::from_utf8_lossy(&t).lines().map(|l| l.trim().to_string()).collect()).unwrap_or_default();
@@ -90,6 +90,15 @@ pub async fn read() -> Content {
         if let Some(png) = get("image/png").await {
             items.push(("image/png".to_string(), png));
         }
+    } else if let Some(mime) = types.iter().find(|t| CONVERTED_IMAGES.contains(&t.as_str())) {
+        if let Some(image) = get(mime).await {
+            let mime = mime.clone();
+            match tokio::task::spawn_blocking(move || to_png(&image)).await {
+                Ok(Ok(png)) => items.push(("image/png".to_string(), png)),
+                Ok(Err(e)) => tracing::warn!("the clipboard's {mime} image could not be converted to PNG: {e}"),
+                Err(e) => tracing::warn!("converting the clipboard's {mime} image: {e}"),
+            }
+        }
     }
     let text_type = ["UTF8_STRING", "text/plain;charset=utf-8", "text/plain", "STRING"]
         .into_iter()
@@ -99,8 +108,18 @@ pub async fn read() -> Content {
             items.push(("text/plain".to_string(), text));
         }
     }
-    let _ = program;
     Content::Items(items)
+}
+
+/// Image types offered without PNG that are converted to PNG for the guest.
+const CONVERTED_IMAGES: [&str; 6] = ["image/jpeg", "image/gif", "image/bmp", "image/webp", "image/tiff", "image/x-bmp"];
+
+/// Decodes an image (its format told by its content) and encodes it as PNG.
+pub fn to_png(data: &[u8]) -> Result<Vec<u8>, String> {
+    let image = image::load_from_memory(data).map_err(|e| e.to_string())?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    image.write_to(&mut png, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    Ok(png.into_inner())
 }
 
 /// Puts `data` on the clipboard (a guest copy the user allowed).
@@ -194,6 +213,19 @@ pub fn open_in_browser(url: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn other_image_formats_become_png() {
+        let mut bmp = std::io::Cursor::new(Vec::new());
+        image::RgbImage::from_pixel(3, 2, image::Rgb([200, 10, 10]))
+            .write_to(&mut bmp, image::ImageFormat::Bmp)
+            .unwrap();
+        let png = to_png(bmp.get_ref()).unwrap();
+        assert!(png.starts_with(b"\x89PNG"));
+        let back = image::load_from_memory(&png).unwrap().to_rgb8();
+        assert_eq!((back.width(), back.height(), back.get_pixel(2, 1).0), (3, 2, [200, 10, 10]));
+        assert!(to_png(b"not an image").is_err());
+    }
 
     #[test]
     fn guest_text_cannot_drive_the_terminal() {

@@ -9,6 +9,7 @@ pub mod accel;
 pub mod agent_config;
 pub mod artifacts;
 pub mod attach;
+pub mod callback;
 pub mod changes;
 pub mod client;
 pub mod clipboard;

@@ -574,10 +574,12 @@ enum Event {
     Connected(UnixStream, ToSupervisor),
     /// The guest opened the exec channel for this token.
     ExecChannel(u64, UnixStream, FrameBuf),
-    /// The guest did not open the channel of this exec in time.
+    /// The guest did not open the channel of this exec (or callback) in time.
     ExecExpired(u64),
     /// `faize kill`: stop the program with this grace.
     Stop(Duration),
+    /// A login callback accepted on the host for the guest's `127.0.0.1:port`.
+    Inbound(tokio::net::TcpStream, u16),
 }
 
 /// How much of the program's latest output is kept for the next terminal that attaches.
@@ -758,9 +760,15 @@ async fn relay(
     };
     tokio::spawn(crate::control::serve(control, policy, proxy, Box::new(on_stop)));
 
-    let host_requests = HostRequests { log: dirs.session.join(REQUESTS_LOG), spec };
+    let host_requests = HostRequests {
+        log: dirs.session.join(REQUESTS_LOG),
+        spec,
+        events: terminals.events.clone(),
+        callback_waiting: Default::default(),
+    };
     let mut stdin_open = true;
     let mut pending_execs: std::collections::HashMap<u64, (UnixStream, Exec)> = Default::default();
+    let mut pending_inbound: std::collections::HashMap<u64, tokio::net::TcpStream> = Default::default();
     let mut buf = vec![0u8; 128 * 1024];
     let mut sidecar_check = tokio::time::interval(Duration::from_millis(500));
     let forever = Duration::from_secs(100 * 365 * 86400);
@@ -872,23 +880,29 @@ async fn relay(
                         let token = random_token();
                         pending_execs.insert(token, (conn, program(spec, argv, tty.map(Into::into), &term_env)));
                         let _ = to_guest.send(HostMsg::OpenExec { token }).await;
-                        let events = terminals.events.clone();
-                        tokio::spawn(async move {
-                            tokio::time::sleep(Duration::from_secs(10)).await;
-                            let _ = events.send(Event::ExecExpired(token)).await;
-                        });
+                        expire(token, &terminals.events);
                     }
+                }
+                Event::Inbound(conn, port) => {
+                    let token = random_token();
+                    pending_inbound.insert(token, conn);
+                    let _ = to_guest.send(HostMsg::OpenInbound { token, port }).await;
+                    expire(token, &terminals.events);
                 }
                 Event::Connected(conn, other) => refuse(conn, format!("unexpected first request {other:?}")),
                 Event::ExecChannel(token, guest, rest) => {
                     if let Some((conn, exec)) = pending_execs.remove(&token) {
                         tokio::spawn(run_exec(conn, guest, rest, exec));
+                    } else if let Some(conn) = pending_inbound.remove(&token) {
+                        tokio::spawn(carry_inbound(guest, rest, conn));
                     }
                 }
                 Event::ExecExpired(token) => {
                     if let Some((conn, _)) = pending_execs.remove(&token) {
                         refuse(conn, "the guest did not start the command within 10 s".into());
                     }
+                    // An unanswered callback connection is simply closed.
+                    pending_inbound.remove(&token);
                 }
                 Event::Stop(grace) => stop(&mut stopped, grace, "stopped by faize kill".into(), hard_stop.as_mut()),
             },
@@ -924,44 +938,103 @@ async fn relay(
     }
 }
 
-/// What the guest asks of the host besides its program's I/O: opening URLs and copies to the
-/// clipboard. Each request and what was done is logged in the session folder.
+/// What the guest asks of the host besides its program's I/O: opening URLs (with their login
+/// callbacks) and copies to the clipboard. Each request and what was done is logged in the
+/// session folder.
 struct HostRequests<'a> {
     log: PathBuf,
     spec: &'a SessionSpec,
+    events: mpsc::Sender<Event>,
+    /// Set while a login callback is awaited: one flow at a time.
+    callback_waiting: Arc<std::sync::atomic::AtomicBool>,
+}
+
+/// Appends one entry, with the time, to the session's requests log.
+fn record_request(log: &Path, mut entry: serde_json::Value) {
+    use std::io::Write;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    entry["time"] = ((now * 1000.0).round() / 1000.0).into();
+    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(log) {
+        let _ = writeln!(f, "{entry}");
+    }
 }
 
 impl HostRequests<'_> {
-    fn record(&self, mut entry: serde_json::Value) {
-        use std::io::Write;
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-        entry["time"] = ((now * 1000.0).round() / 1000.0).into();
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(&self.log) {
-            let _ = writeln!(f, "{entry}");
-        }
-    }
-
     /// Opens an allowed URL in the user's browser; returns what to show the user otherwise.
     fn open_url(&self, url: &str) -> Option<String> {
         use crate::clipboard::{decide_url, open_in_browser, UrlDecision};
         let shown = crate::clipboard::printable(url);
+        let mut notice = None;
         let (decision, why) = match decide_url(url, &self.spec.open_urls) {
-            UrlDecision::Open => match open_in_browser(url) {
-                Ok(()) => ("opened", None),
-                Err(e) => ("shown", Some(e)),
-            },
+            UrlDecision::Open => {
+                if let Err(e) = self.await_callback(url) {
+                    record_request(
+                        &self.log,
+                        serde_json::json!({"event": "callback", "decision": "not awaited", "reason": e}),
+                    );
+                    notice = Some(format!("\r\nfaize: the login's callback will not reach the VM: {e}\r\n"));
+                }
+                match open_in_browser(url) {
+                    Ok(()) => ("opened", None),
+                    Err(e) => ("shown", Some(e)),
+                }
+            }
             UrlDecision::Show(why) => ("shown", Some(why)),
         };
-        self.record(serde_json::json!({"event": "open-url", "url": url, "decision": decision, "reason": why}));
-        why.map(|why| {
-            format!("\r\nfaize: the VM asks to open {shown}\r\nfaize: not opened ({why}); copy it into your browser if you trust it\r\n")
-        })
+        record_request(
+            &self.log,
+            serde_json::json!({"event": "open-url", "url": url, "decision": decision, "reason": why}),
+        );
+        if let Some(why) = why {
+            let text = format!("\r\nfaize: the VM asks to open {shown}\r\nfaize: not opened ({why}); copy it into your browser if you trust it\r\n");
+            notice = Some(notice.unwrap_or_default() + &text);
+        }
+        notice
+    }
+
+    /// When `url` is a login whose `redirect_uri` is on the loopback, listens on the host's side
+    /// of that port for its one callback, which then goes to the same port in the guest.
+    fn await_callback(&self, url: &str) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        let Some(target) = crate::callback::target(url) else { return Ok(()) };
+        if self.callback_waiting.swap(true, Ordering::SeqCst) {
+            return Err("another login callback is already awaited".into());
+        }
+        let listening = crate::callback::limit().and_then(|limit| Ok((limit, crate::callback::listen(target.port)?)));
+        let (limit, listener) = listening.inspect_err(|_| self.callback_waiting.store(false, Ordering::SeqCst))?;
+        let port = target.port;
+        record_request(
+            &self.log,
+            serde_json::json!({"event": "callback", "port": port, "path": target.path, "decision": "listening", "limit_s": limit.as_secs()}),
+        );
+        let (log, events, waiting) = (self.log.clone(), self.events.clone(), self.callback_waiting.clone());
+        tokio::spawn(async move {
+            let got = crate::callback::accept(listener, &target.path, limit).await;
+            waiting.store(false, Ordering::SeqCst);
+            match got {
+                Ok(conn) => {
+                    record_request(
+                        &log,
+                        serde_json::json!({"event": "callback", "port": port, "decision": "passed to the guest"}),
+                    );
+                    let _ = events.send(Event::Inbound(conn, port)).await;
+                }
+                Err(e) => record_request(
+                    &log,
+                    serde_json::json!({"event": "callback", "port": port, "decision": "closed", "reason": e}),
+                ),
+            }
+        });
+        Ok(())
     }
 
     /// A copy made in the guest: to the host's clipboard only with `clipboard.copy_to_host`.
     fn copy(&self, mime: String, data: Vec<u8>) {
         let allowed = self.spec.copy_to_host;
-        self.record(serde_json::json!({"event": "copy", "mime": mime, "bytes": data.len(), "decision": if allowed { "copied" } else { "ignored (clipboard.copy_to_host is off)" }}));
+        record_request(
+            &self.log,
+            serde_json::json!({"event": "copy", "mime": mime, "bytes": data.len(), "decision": if allowed { "copied" } else { "ignored (clipboard.copy_to_host is off)" }}),
+        );
         if allowed {
             tokio::spawn(async move {
                 if let Err(e) = crate::clipboard::write(&mime, data).await {
@@ -978,6 +1051,23 @@ fn refuse(conn: UnixStream, reason: String) {
         let mut conn = conn;
         let _ = attach::write(&mut conn, &Frame::Control(ToTerminal::Refused { reason })).await;
     });
+}
+
+/// Ends a pending exec or callback whose channel the guest has not opened within 10 s.
+fn expire(token: u64, events: &mpsc::Sender<Event>) {
+    let events = events.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let _ = events.send(Event::ExecExpired(token)).await;
+    });
+}
+
+/// A login callback accepted on the host, carried into the guest over its own channel.
+async fn carry_inbound(mut guest: UnixStream, mut frames: FrameBuf, mut conn: tokio::net::TcpStream) {
+    let early = frames.take_rest();
+    if early.is_empty() || conn.write_all(&early).await.is_ok() {
+        let _ = tokio::io::copy_bidirectional(&mut guest, &mut conn).await;
+    }
 }
 
 fn random_token() -> u64 {

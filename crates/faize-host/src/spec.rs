@@ -266,6 +266,8 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         None => faize_net::resolve::Resolver::System,
     };
     let extra_deps = config.extra_deps().map_err(anyhow::Error::msg)?;
+    // Read again by the supervisor when a login opens; checked here so a typo fails at start.
+    crate::callback::limit().map_err(anyhow::Error::msg)?;
     let open_urls = match &config.open_urls {
         Some(hosts) => {
             for h in hosts {

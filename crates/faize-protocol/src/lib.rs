@@ -27,7 +27,7 @@ pub use codec::{decode_frame, encode_frame, read_frame, DecodeError, FrameBuf, W
 pub use messages::*;
 
 /// Version of this protocol; both sides must speak exactly the same one.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// Largest frame accepted in either direction (length prefix excluded).
 pub const MAX_FRAME_LEN: usize = 1024 * 1024;

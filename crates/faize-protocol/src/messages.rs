@@ -105,6 +105,13 @@ pub enum HostMsg {
     },
     /// The staged clipboard replaces the guest's, all at once (nothing staged: it is emptied).
     ClipboardCommit,
+    /// A connection arrived for the guest's `127.0.0.1:port` (a login callback): connect to it,
+    /// open a channel to [`crate::CONTROL_PORT`] starting with [`GuestMsg::ExecChannel`] and
+    /// this token, and copy bytes both ways.
+    OpenInbound {
+        token: u64,
+        port: u16,
+    },
 }
 
 /// Guest to host.
@@ -152,6 +159,7 @@ mod tag {
     pub const CLIPBOARD_CLEAR: u8 = 0x09;
     pub const CLIPBOARD_DATA: u8 = 0x0a;
     pub const CLIPBOARD_COMMIT: u8 = 0x0b;
+    pub const OPEN_INBOUND: u8 = 0x0c;
     pub const HELLO: u8 = 0x81;
     pub const READY: u8 = 0x82;
     pub const STDOUT: u8 = 0x83;
@@ -248,6 +256,11 @@ impl Wire for HostMsg {
                 put::bytes(out, chunk);
             }
             HostMsg::ClipboardCommit => put::u8(out, tag::CLIPBOARD_COMMIT),
+            HostMsg::OpenInbound { token, port } => {
+                put::u8(out, tag::OPEN_INBOUND);
+                put::u64(out, *token);
+                put::u16(out, *port);
+            }
         }
     }
 
@@ -303,6 +316,7 @@ impl Wire for HostMsg {
             tag::CLIPBOARD_CLEAR => HostMsg::ClipboardClear,
             tag::CLIPBOARD_DATA => HostMsg::ClipboardData { mime: r.str()?, chunk: r.bytes()? },
             tag::CLIPBOARD_COMMIT => HostMsg::ClipboardCommit,
+            tag::OPEN_INBOUND => HostMsg::OpenInbound { token: r.u64()?, port: r.u16()? },
             t => return Err(DecodeError::UnknownTag(t)),
         })
     }
@@ -398,6 +412,7 @@ pub fn samples() -> (Vec<HostMsg>, Vec<GuestMsg>) {
         HostMsg::ClipboardClear,
         HostMsg::ClipboardData { mime: "image/png".into(), chunk: vec![0x89, b'P', b'N', b'G'] },
         HostMsg::ClipboardCommit,
+        HostMsg::OpenInbound { token: 0x0123_4567_89ab_cdef, port: 54545 },
     ];
     let guest = vec![
         GuestMsg::Hello { version: crate::PROTOCOL_VERSION, agent_version: "0.1.0".into() },

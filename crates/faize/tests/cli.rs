@@ -41,6 +41,20 @@ fn bad_config_is_refused_with_the_file_and_key() {
 }
 
 #[test]
+fn bad_clipboard_and_login_settings_are_refused() {
+    let env = Env::new();
+    env.config("open_urls: [\"claude.ai/login\"]\n");
+    fails_with(&env, &["run", "--", "true"], "open_urls: \"claude.ai/login\" is not a host name");
+    env.config("clipboard:\n  copy_to_host: maybe\n");
+    fails_with(&env, &["run", "--", "true"], "copy_to_host");
+    env.config("");
+    let out = env.faize().args(["run", "--", "true"]).env("FAIZE_CALLBACK_TIMEOUT", "5m").output().unwrap();
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{err}");
+    assert!(err.contains("FAIZE_CALLBACK_TIMEOUT=\"5m\" is not a whole number of seconds"), "{err}");
+}
+
+#[test]
 fn missing_qemu_points_to_the_setup_command() {
     let env = Env::new();
     let out =

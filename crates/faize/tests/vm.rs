@@ -1153,3 +1153,88 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
     let after = t.screen().split("targets=").nth(1).unwrap_or_default().to_string();
     assert!(after.starts_with(['\r', '\n']), "the guest clipboard is empty: {}", t.screen());
 }
+
+/// Sends one HTTP request to the host's `127.0.0.1:port` and returns the reply (`None` when the
+/// connection is refused).
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").as_bytes()).unwrap();
+    let mut reply = Vec::new();
+    let _ = s.read_to_end(&mut reply);
+    Some(text(&reply))
+}
+
+#[test]
+fn a_login_callback_reaches_the_guest_once_and_only_in_time() {
+    if !vm_tests_enabled() {
+        return;
+    }
+    let env = Env::new();
+    let project = tempfile::tempdir().unwrap();
+    let p = project.path().to_str().unwrap();
+    let stub = project.path().join("browser.sh");
+    let opened = project.path().join("opened.txt");
+    std::fs::write(&stub, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A port free on the host; the guest's login program listens on the same one inside.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let script = format!(
+        r#"
+        python3 -c '
+import http.server
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("guest got " + self.path).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
+' &
+        sleep 1
+        xdg-open 'https://evil.example/login?redirect_uri=http%3A%2F%2Flocalhost%3A{other}%2Fcallback'
+        xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=one'
+        echo flow-1
+        while [ ! -e flow-2 ]; do sleep 0.2; done
+        xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=two'
+        echo flow-2
+        while [ ! -e done ]; do sleep 0.2; done
+        echo all-done
+    "#
+    );
+    let mut t = Terminal::start_with(
+        &env,
+        &["start", "--cpus", "1", "-p", p, "--", "bash", "-c", &script],
+        &[("FAIZE_BROWSER", stub.to_str().unwrap()), ("FAIZE_CALLBACK_TIMEOUT", "5")],
+    );
+    t.wait_for("flow-1", Duration::from_secs(120));
+    // The allowed login's callback: something else on that port is refused, then the browser's
+    // request reaches the guest's server, and a second callback finds nothing listening.
+    let wrong = http_get(port, "/elsewhere").expect("the host listens for the login's callback");
+    assert_eq!(wrong, "", "a request for another path is closed unanswered");
+    let reply = http_get(port, "/callback?code=abc&state=one").expect("the callback is accepted");
+    assert!(reply.starts_with("HTTP/1.0 200") && reply.ends_with("guest got /callback?code=abc&state=one"), "{reply}");
+    assert!(http_get(port, "/callback?code=again").is_none(), "a second callback is refused");
+    assert!(http_get(other, "/callback").is_none(), "a URL that is not opened gets no callback");
+
+    // A second flow whose callback comes after the time limit (5 s): refused.
+    std::fs::write(project.path().join("flow-2"), "").unwrap();
+    t.wait_for("flow-2", Duration::from_secs(60));
+    std::thread::sleep(Duration::from_secs(8));
+    assert!(http_get(port, "/callback?code=late").is_none(), "a callback after the time limit is refused");
+    std::fs::write(project.path().join("done"), "").unwrap();
+    t.wait_for("all-done", Duration::from_secs(60));
+    assert_eq!(t.wait_exit(Duration::from_secs(60)), 0, "{}", t.screen());
+
+    let urls = std::fs::read_to_string(&opened).unwrap();
+    assert_eq!(urls.lines().count(), 2, "only the two claude.ai logins were opened: {urls}");
+    let id = ps(&env)[0]["id"].as_str().unwrap().to_string();
+    let log = std::fs::read_to_string(env.home.path().join("sessions").join(&id).join("requests.jsonl")).unwrap();
+    for want in ["\"decision\":\"listening\"", "\"decision\":\"passed to the guest\"", "no callback within 5 s"] {
+        assert!(log.contains(want), "expected {want} in the requests log:\n{log}");
+    }
+}
