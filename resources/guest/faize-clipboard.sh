@@ -3,6 +3,17 @@
 # in the file N. Sourced by xclip, xsel, wl-paste and wl-copy.
 clip_dir=/run/faize/clipboard
 
+# After a Ctrl+V the keystroke comes first and the content right behind it: wait for it (while
+# the agent's marker exists), so the previous content is never served.
+clip_wait() {
+  local i=0
+  while [ -e /run/faize/clipboard.pending ]; do
+    if [ $i -ge 1000 ]; then echo "faize: the clipboard did not arrive from the host within 20 s" >&2; return 1; fi
+    sleep 0.02
+    i=$((i + 1))
+  done
+}
+
 # The canonical name of a type: the names text goes by are all text/plain.
 clip_norm() {
   case "$1" in
@@ -13,6 +24,7 @@ clip_norm() {
 
 # Lists the types on offer (text under its usual names too); fails when there is nothing.
 clip_types() {
+  clip_wait || return 1
   [ -s "$clip_dir/types" ] || return 1
   while IFS= read -r t; do
     if [ "$t" = text/plain ]; then
@@ -25,12 +37,14 @@ clip_types() {
 
 # Writes the content of one type (default: text) to stdout; fails when it is not on offer.
 clip_read() {
-  local want n
+  local want n dir
   want=$(clip_norm "$1")
-  [ -f "$clip_dir/types" ] || return 1
-  n=$(grep -nxF -- "$want" "$clip_dir/types" | head -n1 | cut -d: -f1)
+  clip_wait || return 1
+  # One generation throughout, even if another Ctrl+V swaps in the next meanwhile.
+  dir=$(readlink -f "$clip_dir") && [ -f "$dir/types" ] || return 1
+  n=$(grep -nxF -- "$want" "$dir/types" | head -n1 | cut -d: -f1)
   [ -n "$n" ] || return 1
-  cat -- "$clip_dir/$((n - 1))"
+  cat -- "$dir/$((n - 1))"
 }
 
 # Hands a copy (from FILE, or stdin) to the host, which takes it only if the user allowed it.

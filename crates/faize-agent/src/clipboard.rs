@@ -9,7 +9,7 @@ use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use faize_protocol::{GuestMsg, GUEST_CLIPBOARD_DIR, GUEST_SERVICE_PORT, MAX_CHUNK};
+use faize_protocol::{GuestMsg, GUEST_CLIPBOARD_DIR, GUEST_CLIPBOARD_PENDING, GUEST_SERVICE_PORT, MAX_CHUNK};
 
 use crate::channel::Channel;
 
@@ -24,8 +24,10 @@ pub struct Staging {
 }
 
 impl Staging {
+    /// A new clipboard is coming: the shims wait for it from now on.
     pub fn clear(&mut self) {
         self.items.clear();
+        let _ = std::fs::write(GUEST_CLIPBOARD_PENDING, b"");
     }
 
     pub fn add(&mut self, mime: String, chunk: Vec<u8>) {
@@ -38,6 +40,13 @@ impl Staging {
     /// Writes the staged content to a new folder and points [`GUEST_CLIPBOARD_DIR`] at it in one
     /// rename, so a shim never reads half of one clipboard and half of another.
     pub fn commit(&mut self) -> Result<(), String> {
+        let done = self.swap_in();
+        // Even when writing failed: the shims then serve the previous content rather than hang.
+        let _ = std::fs::remove_file(GUEST_CLIPBOARD_PENDING);
+        done
+    }
+
+    fn swap_in(&mut self) -> Result<(), String> {
         self.generation += 1;
         let link = Path::new(GUEST_CLIPBOARD_DIR);
         let base = link.parent().unwrap_or(Path::new("/run"));

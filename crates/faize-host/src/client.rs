@@ -76,6 +76,8 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
     let mut escape = EscapeFilter::default();
     let mut paste_keys = PasteKeys::default();
     let mut clipboard_unavailable_noted = false;
+    // The clipboard being read for the last Ctrl+V, whose key has already gone.
+    let mut reading: Option<tokio::task::JoinHandle<Clipboard>> = None;
     let mut interrupted = false;
     let send = async |wr: &mut tokio::net::unix::OwnedWriteHalf, m: ToSupervisor| {
         // The supervisor going away shows up on the reading side.
@@ -118,17 +120,24 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
                     bail!("the supervisor of session {id} went away: `faize ps --all` shows how it ended");
                 }
             },
+            Some(read) = async { Some(reading.as_mut()?.await) } => {
+                reading = None;
+                finish_paste(&mut wr, read.unwrap_or_default()).await;
+            }
             i = recv_input(&mut input) => match i {
                 Some(d) if role == Role::Interactive => {
                     let f = escape.feed(&d);
-                    // Each Ctrl+V the user types hands the guest the clipboard first.
+                    // Each Ctrl+V the user types hands the guest the clipboard with it.
                     let mut from = 0;
                     for key in paste_keys.feed(&f.data) {
                         if key > from {
                             let _ = attach::write(&mut wr, &Frame::<ToSupervisor>::Data(f.data[from..key].to_vec())).await;
                         }
-                        sync_clipboard(&mut wr, &mut clipboard_unavailable_noted).await;
-                        from = key;
+                        if let Some(previous) = reading.take() {
+                            finish_paste(&mut wr, previous.await.unwrap_or_default()).await;
+                        }
+                        reading = paste(&mut wr, f.data[key], &mut clipboard_unavailable_noted).await;
+                        from = key + 1;
                     }
                     if from < f.data.len() {
                         let _ = attach::write(&mut wr, &Frame::<ToSupervisor>::Data(f.data[from..].to_vec())).await;
@@ -179,25 +188,41 @@ pub async fn relay(conn: UnixStream, role: Role, id: &str, detach_when_running: 
     }
 }
 
-/// Sends the host clipboard to the session (before the Ctrl+V keystroke that asked for it).
-/// Without a clipboard (no display) nothing is sent; the reason goes to the session's log once.
-async fn sync_clipboard(wr: &mut tokio::net::unix::OwnedWriteHalf, noted: &mut bool) {
-    match crate::clipboard::read().await {
-        crate::clipboard::Content::Unavailable(why) => {
-            if !*noted {
-                *noted = true;
-                let text = format!("clipboard: {why}; Ctrl+V passes through unchanged");
-                let _ = attach::write(wr, &Frame::Control(ToSupervisor::Note { text })).await;
-            }
+/// The host clipboard's content: (MIME type, data).
+type Clipboard = Vec<(String, Vec<u8>)>;
+
+/// Sends a Ctrl+V keystroke and starts reading the host clipboard for it. The guest is told a
+/// new clipboard is coming, then gets the keystroke at once; the content follows when read
+/// ([`finish_paste`]). So the program sees the key without waiting for the clipboard owner or
+/// for a large image to cross into the VM, and the guest's `xclip`/`wl-paste` wait until the
+/// content is complete: they never serve the previous one. Without a clipboard (no display) only
+/// the key is sent, and the reason goes to the session's log once.
+async fn paste(
+    wr: &mut tokio::net::unix::OwnedWriteHalf,
+    key: u8,
+    noted: &mut bool,
+) -> Option<tokio::task::JoinHandle<Clipboard>> {
+    let key = Frame::<ToSupervisor>::Data(vec![key]);
+    if let Some(why) = crate::clipboard::unavailable() {
+        if !*noted {
+            *noted = true;
+            let text = format!("clipboard: {why}; Ctrl+V passes through unchanged");
+            let _ = attach::write(wr, &Frame::Control(ToSupervisor::Note { text })).await;
         }
-        crate::clipboard::Content::Items(items) => {
-            let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardBegin)).await;
-            for (mime, data) in items {
-                let _ = attach::write::<ToSupervisor>(wr, &Frame::Clip(mime, data)).await;
-            }
-            let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardEnd)).await;
-        }
+        let _ = attach::write(wr, &key).await;
+        return None;
     }
+    let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardBegin)).await;
+    let _ = attach::write(wr, &key).await;
+    Some(tokio::spawn(crate::clipboard::read()))
+}
+
+/// Sends the clipboard read for the last Ctrl+V, completing it in the guest.
+async fn finish_paste(wr: &mut tokio::net::unix::OwnedWriteHalf, items: Clipboard) {
+    for (mime, data) in items {
+        let _ = attach::write::<ToSupervisor>(wr, &Frame::Clip(mime, data)).await;
+    }
+    let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardEnd)).await;
 }
 
 async fn recv_input(input: &mut Option<mpsc::Receiver<Vec<u8>>>) -> Option<Vec<u8>> {

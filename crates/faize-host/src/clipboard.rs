@@ -19,13 +19,9 @@ pub const MAX_ITEM: usize = 32 << 20;
 /// Hosts whose https URLs are opened by default: what Claude Code's login needs.
 pub const DEFAULT_OPEN_URLS: [&str; 3] = ["claude.ai", "console.anthropic.com", "platform.claude.com"];
 
-/// What the clipboard holds.
-#[derive(Debug)]
-pub enum Content {
-    /// No display or no clipboard tool: nothing to do (the reason is logged once).
-    Unavailable(String),
-    /// (MIME type, data); empty when the clipboard is empty.
-    Items(Vec<(String, Vec<u8>)>),
+/// Why there is no clipboard to read (no display, no clipboard tool), if there is none.
+pub fn unavailable() -> Option<String> {
+    tool().err()
 }
 
 enum Tool {
@@ -69,12 +65,10 @@ async fn output(program: &std::path::Path, args: &[&str]) -> Option<Vec<u8>> {
     }
 }
 
-/// Reads the clipboard: its PNG image if it offers one, and its text.
-pub async fn read() -> Content {
-    let tool = match tool() {
-        Ok(t) => t,
-        Err(why) => return Content::Unavailable(why),
-    };
+/// Reads the clipboard: its PNG image if it offers one (or another image, converted), and its
+/// text, as (MIME type, data); nothing when it is empty, unreadable or there is no clipboard.
+pub async fn read() -> Vec<(String, Vec<u8>)> {
+    let Ok(tool) = tool() else { return Vec::new() };
     let types = match &tool {
         Tool::Wayland(p) => output(p, &["--list-types"]).await,
         Tool::X11(p) => output(p, &["-selection", "clipboard", "-t", "TARGETS", "-o"]).await,
@@ -108,7 +102,7 @@ pub async fn read() -> Content {
             items.push(("text/plain".to_string(), text));
         }
     }
-    Content::Items(items)
+    items
 }
 
 /// Image types offered without PNG that are converted to PNG for the guest.

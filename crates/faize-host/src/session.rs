@@ -767,6 +767,8 @@ async fn relay(
         callback_waiting: Default::default(),
     };
     let mut stdin_open = true;
+    // Between a terminal's ClipboardBegin and ClipboardEnd.
+    let mut clipboard_open = false;
     let mut pending_execs: std::collections::HashMap<u64, (UnixStream, Exec)> = Default::default();
     let mut pending_inbound: std::collections::HashMap<u64, tokio::net::TcpStream> = Default::default();
     let mut buf = vec![0u8; 128 * 1024];
@@ -834,13 +836,19 @@ async fn relay(
                     }
                     Some(Frame::Control(ToSupervisor::Resize(size))) => { let _ = to_guest.send(HostMsg::Resize(size.into())).await; }
                     Some(Frame::Control(ToSupervisor::Signal { signal })) => { let _ = to_guest.send(HostMsg::Signal(signal)).await; }
-                    Some(Frame::Control(ToSupervisor::ClipboardBegin)) => { let _ = to_guest.send(HostMsg::ClipboardClear).await; }
+                    Some(Frame::Control(ToSupervisor::ClipboardBegin)) => {
+                        clipboard_open = true;
+                        let _ = to_guest.send(HostMsg::ClipboardClear).await;
+                    }
                     Some(Frame::Clip(mime, data)) => {
                         for chunk in data.chunks(CLIPBOARD_CHUNK) {
                             let _ = to_guest.send(HostMsg::ClipboardData { mime: mime.clone(), chunk: chunk.to_vec() }).await;
                         }
                     }
-                    Some(Frame::Control(ToSupervisor::ClipboardEnd)) => { let _ = to_guest.send(HostMsg::ClipboardCommit).await; }
+                    Some(Frame::Control(ToSupervisor::ClipboardEnd)) => {
+                        clipboard_open = false;
+                        let _ = to_guest.send(HostMsg::ClipboardCommit).await;
+                    }
                     Some(Frame::Control(ToSupervisor::Note { text })) => eprintln!("{text}"),
                     Some(Frame::Control(ToSupervisor::Stop { grace_ms })) => {
                         stop(&mut stopped, Duration::from_millis(grace_ms.into()), "stopped from its terminal".into(), hard_stop.as_mut());
@@ -848,6 +856,11 @@ async fn relay(
                     // Detached, or the terminal went away (closed, SIGHUP): the session goes on.
                     None | Some(Frame::Control(ToSupervisor::Detach)) => {
                         terminals.attached = None;
+                        // A clipboard cut short: the guest's is emptied, and its shims stop waiting.
+                        if std::mem::take(&mut clipboard_open) {
+                            let _ = to_guest.send(HostMsg::ClipboardClear).await;
+                            let _ = to_guest.send(HostMsg::ClipboardCommit).await;
+                        }
                         if !spec.interactive && stdin_open {
                             stdin_open = false;
                             let _ = to_guest.send(HostMsg::StdinEof).await;

@@ -62,13 +62,15 @@ pub const GUEST_USER: &str = "faize";
 /// User and group id of [`GUEST_USER`]; virtiofsd maps them to the invoking host user.
 pub const GUEST_UID: u32 = 1000;
 
-/// The guest's PATH. The host's toolchain folder comes first when it is shared.
 /// The agent's service for the guest's shims (`xdg-open`, `xclip -i`), on the guest's loopback:
 /// one request per connection, `open URL` or `copy MIME LENGTH` then the data.
 pub const GUEST_SERVICE_PORT: u16 = 15002;
 /// Where the agent keeps the clipboard synced at the last Ctrl+V: `types` (one MIME type per
 /// line) and the data of line N in the file `N`.
 pub const GUEST_CLIPBOARD_DIR: &str = "/run/faize/clipboard";
+/// Present from ClipboardClear to ClipboardCommit: the shims wait while it exists.
+pub const GUEST_CLIPBOARD_PENDING: &str = "/run/faize/clipboard.pending";
+/// The guest's PATH. The host's toolchain folder comes first when it is shared.
 pub const GUEST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Where `~/.faize/toolchain` is shared, read-write.

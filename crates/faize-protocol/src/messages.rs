@@ -96,7 +96,8 @@ pub enum HostMsg {
     OpenExec {
         token: u64,
     },
-    /// The host clipboard as of the user's last Ctrl+V follows: forget what is being staged.
+    /// The host clipboard as of the user's last Ctrl+V follows (after the keystroke itself):
+    /// forget what is being staged, and make the guest's readers wait for the commit.
     ClipboardClear,
     /// Part of one type of the clipboard's content (a type may come in several chunks).
     ClipboardData {

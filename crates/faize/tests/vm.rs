@@ -1195,7 +1195,7 @@ class H(http.server.BaseHTTPRequestHandler):
     def log_message(self, *a): pass
 http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 ' &
-        sleep 1
+        until (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; do sleep 0.1; done
         xdg-open 'https://evil.example/login?redirect_uri=http%3A%2F%2Flocalhost%3A{other}%2Fcallback'
         xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=one'
         echo flow-1
