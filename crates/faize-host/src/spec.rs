@@ -234,7 +234,10 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
     }
 
     let (network, source) = if req.network.is_empty() {
-        (faize_net::Policy::parse(config.networks.as_deref()).context("in networks: of the config")?, "networks:")
+        (
+            faize_net::Policy::parse(config.networks.as_deref()).context("in networks: of the config")?,
+            "the config's networks: list",
+        )
     } else {
         (faize_net::Policy::parse(Some(&req.network))?, "-n")
     };

@@ -186,11 +186,16 @@ impl Proxy {
         }
         let name = host.trim_end_matches('.').to_ascii_lowercase();
         if let Some(ip) = self.hosts.get(&name) {
-            // Mapped explicitly by the user: trusted as written, private addresses included,
-            // but the host's own loopback only for a port a rule names.
+            // Mapped explicitly by the user: trusted as written, private addresses included, when
+            // a rule names the name; `all` alone does not open private addresses this way. The
+            // host's own loopback alias needs a rule naming the port.
             if name == HOST_ALIAS && by_name.rule.as_deref().is_none_or(|r| !r.contains(':')) {
                 let why = format!("{HOST_ALIAS} needs a rule naming the port, e.g. {HOST_ALIAS}:{port}");
                 return (Decision { allowed: false, rule: None, reason: Some(why) }, None);
+            }
+            if by_name.rule.as_deref() == Some("all") {
+                let d = self.policy.read().expect("policy lock").decide_address(*ip, port, Some(&by_name));
+                return (d, Some(SocketAddr::new(*ip, port)));
             }
             return (by_name, Some(SocketAddr::new(*ip, port)));
         }
@@ -257,4 +262,39 @@ async fn reply(s: &mut UnixStream, d: &Decision) -> std::io::Result<()> {
 /// Reads an audit log back, one JSON value per line (for `faize logs --net`).
 pub fn read_log(path: &Path) -> std::io::Result<Vec<serde_json::Value>> {
     Ok(std::fs::read_to_string(path)?.lines().filter_map(|l| serde_json::from_str(l).ok()).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn proxy(rules: &[&str], log: &Path) -> Proxy {
+        let rules: Vec<String> = rules.iter().map(|r| r.to_string()).collect();
+        let policy = Arc::new(RwLock::new(Policy::parse(Some(&rules)).unwrap()));
+        let hosts = HashMap::from([
+            ("db.test".to_string(), IpAddr::from([127, 0, 0, 1])),
+            ("lan.test".to_string(), IpAddr::from([10, 1, 2, 3])),
+        ]);
+        Proxy::new(policy, hosts, Resolver::System, log, Limits::default())
+    }
+
+    #[tokio::test]
+    async fn mapped_names_reach_private_addresses_only_when_a_rule_names_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("net.jsonl");
+        let named = proxy(&["db.test:5432", "*.other.test"], &log);
+        assert!(named.decide("db.test", 5432).await.0.allowed);
+        assert!(!named.decide("db.test", 22).await.0.allowed);
+        assert!(!named.decide("lan.test", 80).await.0.allowed);
+        // `all` is the public internet: names mapped to loopback or private addresses stay shut.
+        let all = proxy(&["all"], &log);
+        for (name, port) in [("db.test", 5432), ("lan.test", 80), ("host.faize.internal", 8080)] {
+            let (d, _) = all.decide(name, port).await;
+            assert!(!d.allowed, "{name}:{port} under all: {d:?}");
+        }
+        assert!(all.decide("10.1.2.3", 80).await.0.reason.unwrap().contains("only a rule naming the address"));
+        let both = proxy(&["all", "lan.test"], &log);
+        assert!(both.decide("lan.test", 80).await.0.allowed);
+        assert!(!both.decide("db.test", 5432).await.0.allowed);
+    }
 }

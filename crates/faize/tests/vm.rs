@@ -803,7 +803,7 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     let tls_port = tls_server.port;
     let dns = RebindingDns::start();
     env.config(&format!(
-        "network:\n  resolver: 127.0.0.1:{}\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n    tls.test: 127.0.0.1\n",
+        "network:\n  resolver: 127.0.0.1:{}\n  hosts:\n    allowed.test: 127.0.0.1\n    denied.test: 127.0.0.1\n    tls.test: 127.0.0.1\n    a.wild.test: 127.0.0.1\n    wild.test: 127.0.0.1\n",
         dns.port
     ));
     let host_ip = host_address();
@@ -812,6 +812,8 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         r#"
         echo "get=$(curl -sS -m 30 http://allowed.test:{port}/hello.txt)"
         echo "tls=$(curl -sS -m 30 --cacert /mnt/ca.pem https://tls.test:{tls_port}/hello.txt)"
+        echo "wild=$(curl -sS -m 30 http://a.wild.test:{port}/hello.txt)"
+        curl -sS -m 10 http://wild.test:{port}/hello.txt >/dev/null 2>&1 || echo wild-apex=refused
         curl -sS -m 5 'http://[2606:4700::1111]/' >/dev/null 2>&1 || echo ipv6=refused
         python3 -c 'import socket; s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM); s.settimeout(5); s.connect((2, 1026))' 2>/dev/null || echo other-vsock-port=refused
         echo "big=$(curl -sS -m 60 http://allowed.test:{port}/big.bin | sha256sum | cut -c1-16)"
@@ -834,8 +836,9 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     let (allow, allow_tls) = (format!("allowed.test:{port}"), format!("tls.test:{tls_port}"));
     let p = project.path().to_str().unwrap();
     let rebind = format!("rebind.test:{port}");
+    let wild = format!("*.wild.test:{port}");
     let out = env.run(
-        &["run", "-p", p, "-m", &ca, "-n", &allow, "-n", &allow_tls, "-n", &rebind, "-n", "meta.test"]
+        &["run", "-p", p, "-m", &ca, "-n", &allow, "-n", &allow_tls, "-n", &rebind, "-n", "meta.test", "-n", &wild]
             .into_iter()
             .chain(["--", "sh", "-c", &script])
             .collect::<Vec<_>>(),
@@ -853,6 +856,8 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     for want in [
         "get=hello-from-host".to_string(),
         "tls=hello-from-host".to_string(),
+        "wild=hello-from-host".to_string(),
+        "wild-apex=refused".to_string(),
         "ipv6=refused".to_string(),
         "other-vsock-port=refused".to_string(),
         format!("big={want_big}"),
@@ -902,21 +907,25 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     let logs = env.faize().args(["logs", "--net", &kept_id(&env)]).output().unwrap();
     assert!(text(&logs.stdout).contains("dns     deny   denied.test"), "{}", text(&logs.stdout));
 
-    // A running session's policy changes without a restart.
+    // A running session's policy changes without a restart. It starts with an empty list
+    // (none); `all` does not reach a name the host resolves to its loopback; naming it does.
     let script = format!(
         r#"
         curl -sS -m 10 http://later.test:{port}/hello.txt >/dev/null 2>&1 || echo before=refused
         echo waiting
+        while [ ! -e all-allowed ]; do sleep 0.2; done
+        curl -sS -m 10 http://later.test:{port}/hello.txt >/dev/null 2>&1 || echo under-all=refused
+        echo waiting-2
         for i in $(seq 1 60); do curl -sS -m 10 http://later.test:{port}/hello.txt 2>/dev/null && echo " after=ok" && exit 0; sleep 1; done
         exit 1
     "#
     );
-    env.config("network:\n  hosts:\n    later.test: 127.0.0.1\n");
+    env.config("networks: []\nnetwork:\n  hosts:\n    later.test: 127.0.0.1\n");
     let sessions_before: Vec<_> =
         std::fs::read_dir(env.home.path().join("sessions")).unwrap().flatten().map(|e| e.file_name()).collect();
     let mut child = env
         .faize()
-        .args(["run", "-p", project.path().to_str().unwrap(), "-n", "none", "--", "sh", "-c", &script])
+        .args(["run", "-p", project.path().to_str().unwrap(), "--", "sh", "-c", &script])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -924,17 +933,24 @@ fn the_network_allowlist_is_enforced_on_the_host() {
         .unwrap();
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut seen = String::new();
-    while !seen.contains("waiting") {
-        let mut line = String::new();
-        assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "session ended early: {seen}");
-        seen += &line;
-    }
+    let mut read_until = |marker: &str, seen: &mut String| {
+        while !seen.contains(marker) {
+            let mut line = String::new();
+            assert!(std::io::BufRead::read_line(&mut stdout, &mut line).unwrap() > 0, "session ended early: {seen}");
+            *seen += &line;
+        }
+    };
+    read_until("waiting", &mut seen);
     let id = std::fs::read_dir(env.home.path().join("sessions"))
         .unwrap()
         .flatten()
         .map(|e| e.file_name())
         .find(|n| !sessions_before.contains(n))
         .expect("the running session's folder");
+    let all = env.faize().args(["network", "allow", id.to_str().unwrap(), "all"]).output().unwrap();
+    assert_eq!(all.status.code(), Some(0), "{}", text(&all.stderr));
+    std::fs::write(project.path().join("all-allowed"), "").unwrap();
+    read_until("waiting-2", &mut seen);
     let allow =
         env.faize().args(["network", "allow", id.to_str().unwrap(), &format!("later.test:{port}")]).output().unwrap();
     assert_eq!(allow.status.code(), Some(0), "{}", text(&allow.stderr));
@@ -944,7 +960,13 @@ fn the_network_allowlist_is_enforced_on_the_host() {
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{seen}{rest}{}", text(&out.stderr));
-    assert!(seen.contains("before=refused") && rest.contains("hello-from-host after=ok"), "{seen}{rest}");
+    assert!(seen.contains("before=refused") && seen.contains("under-all=refused"), "{seen}");
+    assert!(rest.contains("hello-from-host after=ok"), "{seen}{rest}");
+    assert!(
+        text(&out.stderr).contains("network: none (the config's networks: list allows nothing)"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 /// The id of the one session of `env` that kept a network log.
