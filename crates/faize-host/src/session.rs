@@ -823,6 +823,11 @@ async fn relay(
             n = rd.read(&mut buf) => {
                 let n = n.context("reading from the guest agent")?;
                 if n == 0 {
+                    // Usually because the VM or the vsock sidecar died: say which, once known.
+                    if let Ok(s) = tokio::time::timeout(Duration::from_secs(2), qemu.child.wait()).await {
+                        bail!("the VM stopped unexpectedly ({})", s?);
+                    }
+                    check_sidecars(sidecars)?;
                     bail!("the guest agent closed the connection before reporting an exit status");
                 }
                 frames.extend(&buf[..n]);
@@ -940,15 +945,19 @@ async fn relay(
                 });
             }
             s = qemu.child.wait() => bail!("the VM stopped unexpectedly ({})", s?),
-            _ = sidecar_check.tick() => {
-                for h in sidecars.iter_mut() {
-                    if let Some(status) = h.child.try_wait()? {
-                        bail!("{} stopped unexpectedly ({status}); it said:\n{}", h.name, tail(&h.log, 10));
-                    }
-                }
-            }
+            _ = sidecar_check.tick() => check_sidecars(sidecars)?,
         }
     }
+}
+
+/// Fails, with the tail of its output, if a sidecar has ended.
+fn check_sidecars(sidecars: &mut [crate::process::Helper]) -> Result<()> {
+    for h in sidecars {
+        if let Some(status) = h.child.try_wait()? {
+            bail!("{} stopped unexpectedly ({status}); it said:\n{}", h.name, tail(&h.log, 10));
+        }
+    }
+    Ok(())
 }
 
 /// What the guest asks of the host besides its program's I/O: opening URLs (with their login
