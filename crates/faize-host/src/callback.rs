@@ -1,5 +1,6 @@
 //! Login callbacks: when the guest opens a login URL whose `redirect_uri` is
-//! `http://localhost:PORT/PATH`, the host listens on its own `127.0.0.1:PORT` for that one flow.
+//! `http://localhost:PORT/PATH`, the host listens on its own loopback (`127.0.0.1:PORT`, and
+//! `[::1]:PORT` when it has IPv6) for that one flow.
 //! The first connection that sends `GET /PATH` within the time limit is handed to the session,
 //! which carries it into the guest's `127.0.0.1:PORT`; then the listener is closed. Connections
 //! that send anything else (a browser's idle pre-connection, some other local client) are
@@ -45,25 +46,59 @@ pub fn limit() -> Result<Duration, String> {
     }
 }
 
-/// Listens on the host's `127.0.0.1:port` (bound now, so a port in use is reported at once).
-pub fn listen(port: u16) -> Result<TcpListener, String> {
-    let std = std::net::TcpListener::bind(("127.0.0.1", port))
-        .map_err(|e| format!("cannot listen on the host's 127.0.0.1:{port} for the login callback: {e}"))?;
-    std.set_nonblocking(true).map_err(|e| e.to_string())?;
-    TcpListener::from_std(std).map_err(|e| e.to_string())
+/// The host's loopback sockets for one callback port: 127.0.0.1, and ::1 where the host has
+/// IPv6 (browsers may try `localhost` as either).
+pub struct Listeners {
+    v4: TcpListener,
+    v6: Option<TcpListener>,
 }
 
-/// Waits for the one connection that asks for `path`; the listener is closed when this returns.
+impl Listeners {
+    pub fn port(&self) -> u16 {
+        self.v4.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    async fn accept(&self) -> std::io::Result<TcpStream> {
+        let v6 = async {
+            match &self.v6 {
+                Some(l) => l.accept().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            c = self.v4.accept() => c.map(|(c, _)| c),
+            c = v6 => c.map(|(c, _)| c),
+        }
+    }
+}
+
+/// Listens on the host's loopback at `port` (bound now, so a port in use is reported at once;
+/// port 0 picks one, for tests).
+pub fn listen(port: u16) -> Result<Listeners, String> {
+    let bind = |ip: std::net::IpAddr, port: u16| -> std::io::Result<TcpListener> {
+        let std = std::net::TcpListener::bind((ip, port))?;
+        std.set_nonblocking(true)?;
+        TcpListener::from_std(std)
+    };
+    let v4 = bind(std::net::Ipv4Addr::LOCALHOST.into(), port)
+        .map_err(|e| format!("cannot listen on the host's 127.0.0.1:{port} for the login callback: {e}"))?;
+    let port = v4.local_addr().map_err(|e| e.to_string())?.port();
+    // No IPv6 on the host, or ::1 taken by someone else: 127.0.0.1 alone still serves.
+    let v6 = bind(std::net::Ipv6Addr::LOCALHOST.into(), port).ok();
+    Ok(Listeners { v4, v6 })
+}
+
+/// Waits for the one connection that asks for `path`; the listeners are closed when this returns.
 /// Connections that ask for something else are counted in the error and closed.
-pub async fn accept(listener: TcpListener, path: &str, limit: Duration) -> Result<TcpStream, String> {
+pub async fn accept(listeners: Listeners, path: &str, limit: Duration) -> Result<TcpStream, String> {
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
     let mut checks = JoinSet::new();
     let mut refused = 0u32;
     loop {
         tokio::select! {
-            conn = listener.accept() => {
-                if let Ok((conn, _)) = conn {
+            conn = listeners.accept() => {
+                if let Ok(conn) = conn {
                     let wanted = format!("GET {path}");
                     checks.spawn(async move {
                         let ok = tokio::time::timeout(REQUEST_LINE_LIMIT, asks_for(&conn, &wanted)).await == Ok(true);
@@ -130,12 +165,15 @@ mod tests {
 
     #[tokio::test]
     async fn only_the_first_request_for_the_path_gets_through() {
-        let listener = listen(0).unwrap_or_else(|_| panic!("cannot listen"));
-        let port = listener.local_addr().unwrap().port();
-        let waiting = tokio::spawn(async move { accept(listener, "/callback", Duration::from_secs(5)).await });
-        // An idle connection and a request for another path come first; neither wins.
+        let listeners = listen(0).unwrap_or_else(|_| panic!("cannot listen"));
+        let port = listeners.port();
+        let has_v6 = listeners.v6.is_some();
+        let waiting = tokio::spawn(async move { accept(listeners, "/callback", Duration::from_secs(5)).await });
+        // An idle connection and a request for another path come first (over IPv6 when the
+        // host has it); neither wins.
         let _idle = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        let mut other = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        let other_ip = if has_v6 { "::1" } else { "127.0.0.1" };
+        let mut other = TcpStream::connect((other_ip, port)).await.unwrap();
         other.write_all(b"GET /callbackx HTTP/1.1\r\n\r\n").await.unwrap();
         // Closed unanswered (a reset, as its request was never read).
         let mut answer = Vec::new();
@@ -147,14 +185,15 @@ mod tests {
         let mut line = vec![0u8; 20];
         got.read_exact(&mut line).await.unwrap();
         assert_eq!(&line, b"GET /callback?code=1");
-        // The listener is gone: the next callback is refused.
+        // The listeners are gone: the next callback is refused.
         assert!(TcpStream::connect(("127.0.0.1", port)).await.is_err());
+        assert!(TcpStream::connect(("::1", port)).await.is_err());
     }
 
     #[tokio::test]
     async fn no_callback_in_time_is_an_error() {
-        let listener = listen(0).unwrap_or_else(|_| panic!("cannot listen"));
-        let err = accept(listener, "/", Duration::from_millis(100)).await.unwrap_err();
+        let listeners = listen(0).unwrap_or_else(|_| panic!("cannot listen"));
+        let err = accept(listeners, "/", Duration::from_millis(100)).await.unwrap_err();
         assert!(err.contains("no callback within"), "{err}");
     }
 }

@@ -1023,7 +1023,7 @@ impl HostRequests<'_> {
             return Err("another login callback is already awaited".into());
         }
         let listening = crate::callback::limit().and_then(|limit| Ok((limit, crate::callback::listen(target.port)?)));
-        let (limit, listener) = listening.inspect_err(|_| self.callback_waiting.store(false, Ordering::SeqCst))?;
+        let (limit, listeners) = listening.inspect_err(|_| self.callback_waiting.store(false, Ordering::SeqCst))?;
         let port = target.port;
         record_request(
             &self.log,
@@ -1031,7 +1031,7 @@ impl HostRequests<'_> {
         );
         let (log, events, waiting) = (self.log.clone(), self.events.clone(), self.callback_waiting.clone());
         tokio::spawn(async move {
-            let got = crate::callback::accept(listener, &target.path, limit).await;
+            let got = crate::callback::accept(listeners, &target.path, limit).await;
             waiting.store(false, Ordering::SeqCst);
             match got {
                 Ok(conn) => {
