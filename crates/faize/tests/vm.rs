@@ -199,6 +199,18 @@ impl Terminal {
         let start = Instant::now();
         loop {
             if let Some(s) = self.child.try_wait().unwrap() {
+                // Its last words may still be in the pty: let the reader take them all.
+                for _ in 0..100 {
+                    let mut pending: libc::c_int = 0;
+                    // SAFETY: FIONREAD writes one int through a valid pointer; the fd is ours.
+                    let ok = unsafe { libc::ioctl(self.master.as_raw_fd(), libc::FIONREAD, &mut pending) } == 0;
+                    if !ok || pending == 0 {
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                // ...and append what it read last.
+                std::thread::sleep(Duration::from_millis(50));
                 return s.code().unwrap_or(-1);
             }
             assert!(start.elapsed() < limit, "faize did not exit; screen:\n{}", self.screen());
