@@ -187,13 +187,26 @@ pub fn printable(text: &str) -> String {
     text.chars().map(|c| if c.is_control() { c.escape_default().to_string() } else { c.to_string() }).collect()
 }
 
-/// Opens `url` in the user's browser: `$FAIZE_BROWSER` if set (tests use a stub), else
-/// `xdg-open`. The browser is not waited for.
-pub fn open_in_browser(url: &str) -> Result<(), String> {
-    let program = std::env::var_os("FAIZE_BROWSER")
+/// The program that opens URLs: `$FAIZE_BROWSER` if set (tests use a stub), else `xdg-open`.
+pub fn browser() -> Result<std::path::PathBuf, String> {
+    std::env::var_os("FAIZE_BROWSER")
         .map(std::path::PathBuf::from)
         .or_else(|| find_program("xdg-open", "FAIZE_XDG_OPEN"))
-        .ok_or("no browser: xdg-open is not installed (or set FAIZE_BROWSER)")?;
+        .ok_or_else(|| "no browser: xdg-open is not installed (or set FAIZE_BROWSER)".into())
+}
+
+/// The clipboard tool in use, for `faize doctor`; why there is none otherwise.
+pub fn describe() -> Result<String, String> {
+    match tool() {
+        Ok(Tool::Wayland(p)) => Ok(format!("{} (Wayland)", p.display())),
+        Ok(Tool::X11(p)) => Ok(format!("{} (X11)", p.display())),
+        Err(why) => Err(format!("{why}: Ctrl+V passes through unchanged")),
+    }
+}
+
+/// Opens `url` in the user's browser ([`browser`]). The browser is not waited for.
+pub fn open_in_browser(url: &str) -> Result<(), String> {
+    let program = browser()?;
     std::process::Command::new(&program)
         .arg(url)
         .stdin(std::process::Stdio::null())

@@ -10,6 +10,8 @@ use crate::spec::HostLimits;
 pub struct Check {
     pub name: String,
     pub ok: bool,
+    /// Not needed to run sessions: a missing one is a note, not a failure.
+    pub optional: bool,
     /// What was found, or how to fix it.
     pub detail: String,
 }
@@ -17,7 +19,8 @@ pub struct Check {
 /// Runs every check.
 pub fn run(home: &FaizeHome) -> Vec<Check> {
     let mut checks = Vec::new();
-    let mut check = |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, detail });
+    let mut check =
+        |name: &str, ok: bool, detail: String| checks.push(Check { name: name.into(), ok, optional: false, detail });
     for (prog, var, fix) in [
         ("qemu-system-x86_64", vars::QEMU, "apt-get install qemu-system-x86"),
         ("virtiofsd", vars::VIRTIOFSD, "cargo install virtiofsd --version ~1.14"),
@@ -61,5 +64,24 @@ pub fn run(home: &FaizeHome) -> Vec<Check> {
         }
         Err(e) => check("images", false, format!("{e:#}")),
     }
+    checks.extend(optional());
     checks
+}
+
+/// What sessions can do without: the clipboard (Ctrl+V then passes through) and a browser
+/// (URLs are then printed for the user to open).
+fn optional() -> Vec<Check> {
+    let check = |name: &str, found: Result<String, String>| {
+        let ok = found.is_ok();
+        Check { name: name.into(), ok, optional: true, detail: found.unwrap_or_else(|e| e) }
+    };
+    vec![
+        check("clipboard", crate::clipboard::describe()),
+        check(
+            "browser",
+            crate::clipboard::browser()
+                .map(|p| p.display().to_string())
+                .map_err(|e| format!("{e}: URLs from the VM are printed for you to open")),
+        ),
+    ]
 }

@@ -10,9 +10,14 @@ pub fn run() -> Result<i32> {
     let checks = faize_host::doctor::run(&home);
     let width = checks.iter().map(|c| c.name.len()).max().unwrap_or(0);
     for c in &checks {
-        printer::out(&format!("{} {:width$}  {}", if c.ok { "ok  " } else { "FAIL" }, c.name, c.detail));
+        let mark = match (c.ok, c.optional) {
+            (true, _) => "ok  ",
+            (false, true) => "note",
+            (false, false) => "FAIL",
+        };
+        printer::out(&format!("{mark} {:width$}  {}", c.name, c.detail));
     }
-    let failed = checks.iter().filter(|c| !c.ok).count();
+    let failed = checks.iter().filter(|c| !c.ok && !c.optional).count();
     if failed > 0 {
         printer::out(&format!("\n{failed} problem(s): ./setup.sh installs and builds everything"));
         return Ok(1);
