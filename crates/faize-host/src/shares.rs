@@ -226,7 +226,6 @@ pub async fn start(
     Ok(Started { devices, shares, binds: binds(plan) })
 }
 
-/// Environment that points installs and caches into the shared toolchain folder.
 /// The clipboard and URL shims the guest gets in `/usr/local/bin` (ahead of `/usr/bin` on its
 /// PATH): they talk to the agent, never to the host directly (`resources/guest/`).
 fn guest_shims() -> Vec<FileWrite> {
@@ -254,6 +253,7 @@ fn guest_shims() -> Vec<FileWrite> {
     writes
 }
 
+/// Environment that points installs and caches into the shared toolchain folder.
 pub fn toolchain_env() -> Vec<(String, String)> {
     [
         ("PATH", format!("{TOOLCHAIN_DIR}/bin:{GUEST_PATH}")),
