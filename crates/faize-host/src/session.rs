@@ -764,7 +764,7 @@ async fn relay(
         log: dirs.session.join(REQUESTS_LOG),
         spec,
         events: terminals.events.clone(),
-        callback_waiting: Default::default(),
+        callback: Default::default(),
     };
     let mut stdin_open = true;
     // Between a terminal's ClipboardBegin and ClipboardEnd.
@@ -967,8 +967,8 @@ struct HostRequests<'a> {
     log: PathBuf,
     spec: &'a SessionSpec,
     events: mpsc::Sender<Event>,
-    /// Set while a login callback is awaited: one flow at a time.
-    callback_waiting: Arc<std::sync::atomic::AtomicBool>,
+    /// The login callback being awaited: one flow at a time, a newer login replaces it.
+    callback: std::sync::Mutex<Option<tokio::task::AbortHandle>>,
 }
 
 /// Appends one entry, with the time, to the session's requests log.
@@ -1017,23 +1017,26 @@ impl HostRequests<'_> {
     /// When `url` is a login whose `redirect_uri` is on the loopback, listens on the host's side
     /// of that port for its one callback, which then goes to the same port in the guest.
     fn await_callback(&self, url: &str) -> Result<(), String> {
-        use std::sync::atomic::Ordering;
         let Some(target) = crate::callback::target(url) else { return Ok(()) };
-        if self.callback_waiting.swap(true, Ordering::SeqCst) {
-            return Err("another login callback is already awaited".into());
+        let mut current = self.callback.lock().expect("callback lock");
+        // A login started again (the first browser tab closed, say): the newer flow wins.
+        if let Some(older) = current.take().filter(|t| !t.is_finished()) {
+            older.abort();
+            record_request(
+                &self.log,
+                serde_json::json!({"event": "callback", "decision": "closed", "reason": "a newer login replaced it"}),
+            );
         }
-        let listening = crate::callback::limit().and_then(|limit| Ok((limit, crate::callback::listen(target.port)?)));
-        let (limit, listeners) = listening.inspect_err(|_| self.callback_waiting.store(false, Ordering::SeqCst))?;
+        let limit = crate::callback::limit()?;
+        let listeners = crate::callback::listen(target.port)?;
         let port = target.port;
         record_request(
             &self.log,
             serde_json::json!({"event": "callback", "port": port, "path": target.path, "decision": "listening", "limit_s": limit.as_secs()}),
         );
-        let (log, events, waiting) = (self.log.clone(), self.events.clone(), self.callback_waiting.clone());
-        tokio::spawn(async move {
-            let got = crate::callback::accept(listeners, &target.path, limit).await;
-            waiting.store(false, Ordering::SeqCst);
-            match got {
+        let (log, events) = (self.log.clone(), self.events.clone());
+        let task = tokio::spawn(async move {
+            match crate::callback::accept(listeners, &target.path, limit).await {
                 Ok(conn) => {
                     record_request(
                         &log,
@@ -1047,6 +1050,7 @@ impl HostRequests<'_> {
                 ),
             }
         });
+        *current = Some(task.abort_handle());
         Ok(())
     }
 

@@ -1234,6 +1234,7 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
         xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=one'
         echo flow-1
         while [ ! -e flow-2 ]; do sleep 0.2; done
+        xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{other}%2Fcallback&state=replaced'
         xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=two'
         echo flow-2
         while [ ! -e done ]; do sleep 0.2; done
@@ -1255,9 +1256,11 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
     assert!(http_get(port, "/callback?code=again").is_none(), "a second callback is refused");
     assert!(http_get(other, "/callback").is_none(), "a URL that is not opened gets no callback");
 
-    // A second flow whose callback comes after the time limit (5 s): refused.
+    // A login started again replaces the one still waiting; the newer one's callback comes
+    // after the time limit (5 s): refused.
     std::fs::write(project.path().join("flow-2"), "").unwrap();
     t.wait_for("flow-2", Duration::from_secs(60));
+    assert!(http_get(other, "/callback").is_none(), "a replaced login no longer listens");
     std::thread::sleep(Duration::from_secs(8));
     assert!(http_get(port, "/callback?code=late").is_none(), "a callback after the time limit is refused");
     std::fs::write(project.path().join("done"), "").unwrap();
@@ -1265,10 +1268,15 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
     assert_eq!(t.wait_exit(Duration::from_secs(60)), 0, "{}", t.screen());
 
     let urls = std::fs::read_to_string(&opened).unwrap();
-    assert_eq!(urls.lines().count(), 2, "only the two claude.ai logins were opened: {urls}");
+    assert_eq!(urls.lines().count(), 3, "only the three claude.ai logins were opened: {urls}");
     let id = ps(&env)[0]["id"].as_str().unwrap().to_string();
     let log = std::fs::read_to_string(env.home.path().join("sessions").join(&id).join("requests.jsonl")).unwrap();
-    for want in ["\"decision\":\"listening\"", "\"decision\":\"passed to the guest\"", "no callback within 5 s"] {
+    for want in [
+        "\"decision\":\"listening\"",
+        "\"decision\":\"passed to the guest\"",
+        "a newer login replaced it",
+        "no callback within 5 s",
+    ] {
         assert!(log.contains(want), "expected {want} in the requests log:\n{log}");
     }
 }
