@@ -54,10 +54,6 @@ pub struct Listeners {
 }
 
 impl Listeners {
-    pub fn port(&self) -> u16 {
-        self.v4.local_addr().map(|a| a.port()).unwrap_or(0)
-    }
-
     async fn accept(&self) -> std::io::Result<TcpStream> {
         let v6 = async {
             match &self.v6 {
@@ -166,7 +162,7 @@ mod tests {
     #[tokio::test]
     async fn only_the_first_request_for_the_path_gets_through() {
         let listeners = listen(0).unwrap_or_else(|_| panic!("cannot listen"));
-        let port = listeners.port();
+        let port = listeners.v4.local_addr().unwrap().port();
         let has_v6 = listeners.v6.is_some();
         let waiting = tokio::spawn(async move { accept(listeners, "/callback", Duration::from_secs(5)).await });
         // An idle connection and a request for another path come first (over IPv6 when the

@@ -203,18 +203,21 @@ async fn paste(
     noted: &mut bool,
 ) -> Option<tokio::task::JoinHandle<Clipboard>> {
     let key = Frame::<ToSupervisor>::Data(vec![key]);
-    if let Some(why) = crate::clipboard::unavailable() {
-        if !*noted {
-            *noted = true;
-            let text = format!("clipboard: {why}; Ctrl+V passes through unchanged");
-            let _ = attach::write(wr, &Frame::Control(ToSupervisor::Note { text })).await;
+    let tool = match crate::clipboard::tool() {
+        Ok(tool) => tool,
+        Err(why) => {
+            if !*noted {
+                *noted = true;
+                let text = format!("clipboard: {why}; Ctrl+V passes through unchanged");
+                let _ = attach::write(wr, &Frame::Control(ToSupervisor::Note { text })).await;
+            }
+            let _ = attach::write(wr, &key).await;
+            return None;
         }
-        let _ = attach::write(wr, &key).await;
-        return None;
-    }
+    };
     let _ = attach::write(wr, &Frame::Control(ToSupervisor::ClipboardBegin)).await;
     let _ = attach::write(wr, &key).await;
-    Some(tokio::spawn(crate::clipboard::read()))
+    Some(tokio::spawn(crate::clipboard::read(tool)))
 }
 
 /// Sends the clipboard read for the last Ctrl+V, completing it in the guest.

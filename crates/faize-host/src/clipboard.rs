@@ -19,17 +19,23 @@ pub const MAX_ITEM: usize = 32 << 20;
 /// Hosts whose https URLs are opened by default: what Claude Code's login needs.
 pub const DEFAULT_OPEN_URLS: [&str; 3] = ["claude.ai", "console.anthropic.com", "platform.claude.com"];
 
-/// Why there is no clipboard to read (no display, no clipboard tool), if there is none.
-pub fn unavailable() -> Option<String> {
-    tool().err()
-}
-
-enum Tool {
+/// The program that reads and writes the user's clipboard.
+pub enum Tool {
     Wayland(std::path::PathBuf),
     X11(std::path::PathBuf),
 }
 
-fn tool() -> Result<Tool, String> {
+impl std::fmt::Display for Tool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Tool::Wayland(p) => write!(f, "{} (Wayland)", p.display()),
+            Tool::X11(p) => write!(f, "{} (X11)", p.display()),
+        }
+    }
+}
+
+/// The clipboard tool of this display; why there is none (no display, no tool) otherwise.
+pub fn tool() -> Result<Tool, String> {
     let set = |v: &str| std::env::var_os(v).is_some_and(|x| !x.is_empty());
     if set("WAYLAND_DISPLAY") {
         if let Some(p) = find_program("wl-paste", "FAIZE_WL_PASTE") {
@@ -65,10 +71,9 @@ async fn output(program: &std::path::Path, args: &[&str]) -> Option<Vec<u8>> {
     }
 }
 
-/// Reads the clipboard: its PNG image if it offers one (or another image, converted), and its
-/// text, as (MIME type, data); nothing when it is empty, unreadable or there is no clipboard.
-pub async fn read() -> Vec<(String, Vec<u8>)> {
-    let Ok(tool) = tool() else { return Vec::new() };
+/// Reads the clipboard with `tool`: its PNG image if it offers one (or another image,
+/// converted), and its text, as (MIME type, data); nothing when it is empty or unreadable.
+pub async fn read(tool: Tool) -> Vec<(String, Vec<u8>)> {
     let types = match &tool {
         Tool::Wayland(p) => output(p, &["--list-types"]).await,
         Tool::X11(p) => output(p, &["-selection", "clipboard", "-t", "TARGETS", "-o"]).await,
@@ -193,15 +198,6 @@ pub fn browser() -> Result<std::path::PathBuf, String> {
         .map(std::path::PathBuf::from)
         .or_else(|| find_program("xdg-open", "FAIZE_XDG_OPEN"))
         .ok_or_else(|| "no browser: xdg-open is not installed (or set FAIZE_BROWSER)".into())
-}
-
-/// The clipboard tool in use, for `faize doctor`; why there is none otherwise.
-pub fn describe() -> Result<String, String> {
-    match tool() {
-        Ok(Tool::Wayland(p)) => Ok(format!("{} (Wayland)", p.display())),
-        Ok(Tool::X11(p)) => Ok(format!("{} (X11)", p.display())),
-        Err(why) => Err(format!("{why}: Ctrl+V passes through unchanged")),
-    }
 }
 
 /// Opens `url` in the user's browser ([`browser`]). The browser is not waited for.

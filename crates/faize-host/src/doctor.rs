@@ -76,7 +76,12 @@ fn optional() -> Vec<Check> {
         Check { name: name.into(), ok, optional: true, detail: found.unwrap_or_else(|e| e) }
     };
     vec![
-        check("clipboard", crate::clipboard::describe()),
+        check(
+            "clipboard",
+            crate::clipboard::tool()
+                .map(|t| t.to_string())
+                .map_err(|e| format!("{e}: Ctrl+V passes through unchanged")),
+        ),
         check(
             "browser",
             crate::clipboard::browser()

@@ -575,7 +575,7 @@ enum Event {
     /// The guest opened the exec channel for this token.
     ExecChannel(u64, UnixStream, FrameBuf),
     /// The guest did not open the channel of this exec (or callback) in time.
-    ExecExpired(u64),
+    ChannelExpired(u64),
     /// `faize kill`: stop the program with this grace.
     Stop(Duration),
     /// A login callback accepted on the host for the guest's `127.0.0.1:port`.
@@ -915,7 +915,7 @@ async fn relay(
                         tokio::spawn(carry_inbound(guest, rest, conn));
                     }
                 }
-                Event::ExecExpired(token) => {
+                Event::ChannelExpired(token) => {
                     if let Some((conn, _)) = pending_execs.remove(&token) {
                         refuse(conn, "the guest did not start the command within 10 s".into());
                     }
@@ -1027,7 +1027,7 @@ impl HostRequests<'_> {
                 serde_json::json!({"event": "callback", "decision": "closed", "reason": "a newer login replaced it"}),
             );
         }
-        let limit = crate::callback::limit()?;
+        let limit = self.spec.callback_limit;
         let listeners = crate::callback::listen(target.port)?;
         let port = target.port;
         record_request(
@@ -1084,15 +1084,16 @@ fn expire(token: u64, events: &mpsc::Sender<Event>) {
     let events = events.clone();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_secs(10)).await;
-        let _ = events.send(Event::ExecExpired(token)).await;
+        let _ = events.send(Event::ChannelExpired(token)).await;
     });
 }
 
 /// A login callback accepted on the host, carried into the guest over its own channel.
-async fn carry_inbound(mut guest: UnixStream, mut frames: FrameBuf, mut conn: tokio::net::TcpStream) {
+/// Uses the network proxy's relay, as the guest's outgoing connections do.
+async fn carry_inbound(guest: UnixStream, mut frames: FrameBuf, mut conn: tokio::net::TcpStream) {
     let early = frames.take_rest();
     if early.is_empty() || conn.write_all(&early).await.is_ok() {
-        let _ = tokio::io::copy_bidirectional(&mut guest, &mut conn).await;
+        faize_net::splice::copy_bidirectional(&guest, &conn).await;
     }
 }
 

@@ -71,6 +71,8 @@ pub struct SessionSpec {
     pub open_urls: Vec<String>,
     /// `clipboard.copy_to_host`.
     pub copy_to_host: bool,
+    /// How long a login callback is awaited (`FAIZE_CALLBACK_TIMEOUT`).
+    pub callback_limit: Duration,
     /// `network.hosts`: names mapped to addresses explicitly.
     pub network_hosts: std::collections::HashMap<String, std::net::IpAddr>,
     /// `network.resolver`: where the proxy resolves names.
@@ -269,8 +271,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         None => faize_net::resolve::Resolver::System,
     };
     let extra_deps = config.extra_deps().map_err(anyhow::Error::msg)?;
-    // Read again by the supervisor when a login opens; checked here so a typo fails at start.
-    crate::callback::limit().map_err(anyhow::Error::msg)?;
+    let callback_limit = crate::callback::limit().map_err(anyhow::Error::msg)?;
     let open_urls = match &config.open_urls {
         Some(hosts) => {
             for h in hosts {
@@ -300,6 +301,7 @@ pub fn resolve_with(req: &Request, config: &Config, ctx: &HostContext) -> Result
         extra_deps,
         open_urls,
         copy_to_host: config.clipboard.copy_to_host,
+        callback_limit,
         network_hosts,
         network_resolver,
         network_limits,

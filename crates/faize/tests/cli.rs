@@ -6,7 +6,12 @@ mod common;
 use common::{text, Env};
 
 fn fails_with(env: &Env, args: &[&str], needle: &str) {
-    let out = env.run(args, b"");
+    fails_with_vars(env, args, &[], needle);
+}
+
+/// As [`fails_with`], with extra environment variables for faize.
+fn fails_with_vars(env: &Env, args: &[&str], vars: &[(&str, &str)], needle: &str) {
+    let out = env.faize().args(args).envs(vars.iter().copied()).stdin(std::process::Stdio::null()).output().unwrap();
     let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{args:?}: {err}");
     assert!(err.starts_with("faize: "), "{args:?}: {err}");
@@ -48,10 +53,8 @@ fn bad_clipboard_and_login_settings_are_refused() {
     env.config("clipboard:\n  copy_to_host: maybe\n");
     fails_with(&env, &["run", "--", "true"], "copy_to_host");
     env.config("");
-    let out = env.faize().args(["run", "--", "true"]).env("FAIZE_CALLBACK_TIMEOUT", "5m").output().unwrap();
-    let err = text(&out.stderr);
-    assert_eq!(out.status.code(), Some(125), "{err}");
-    assert!(err.contains("FAIZE_CALLBACK_TIMEOUT=\"5m\" is not a whole number of seconds"), "{err}");
+    let bad_timeout = "FAIZE_CALLBACK_TIMEOUT=\"5m\" is not a whole number of seconds";
+    fails_with_vars(&env, &["run", "--", "true"], &[("FAIZE_CALLBACK_TIMEOUT", "5m")], bad_timeout);
 }
 
 #[test]

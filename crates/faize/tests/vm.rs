@@ -1033,6 +1033,51 @@ fn claude_rebuild_bakes_in_extra_packages_and_a_failed_build_keeps_the_old_image
 }
 
 /// A virtual X display (Xvfb) with the host's clipboard tool, stopped when dropped.
+/// A browser for `FAIZE_BROWSER` that appends each URL it is given to the second path.
+fn stub_browser(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (stub, opened) = (dir.join("browser.sh"), dir.join("opened.txt"));
+    std::fs::write(&stub, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
+    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (stub, opened)
+}
+
+/// The requests log (URLs, callbacks, copies) of the first session of `env`.
+fn requests_log(env: &Env) -> String {
+    let id = ps(env)[0]["id"].as_str().unwrap().to_string();
+    std::fs::read_to_string(env.home.path().join("sessions").join(id).join("requests.jsonl")).unwrap()
+}
+
+/// sha256 of `data`, its first 16 hex digits (as the guest scripts print them).
+fn sha16(data: &[u8]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("x"), data).unwrap();
+    text(&std::process::Command::new("sha256sum").arg(dir.path().join("x")).output().unwrap().stdout)[..16].to_string()
+}
+
+/// A BMP image of `w`×`h` pixels of one colour (24 bits, rows padded to 4 bytes).
+fn bmp(w: u32, h: u32, rgb: [u8; 3]) -> Vec<u8> {
+    let row = (w * 3).div_ceil(4) * 4;
+    let size = 54 + row * h;
+    let mut b = Vec::new();
+    b.extend_from_slice(b"BM");
+    for v in [size, 0, 54, 40] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    b.extend_from_slice(&w.to_le_bytes());
+    b.extend_from_slice(&h.to_le_bytes());
+    b.extend_from_slice(&1u16.to_le_bytes());
+    b.extend_from_slice(&24u16.to_le_bytes());
+    for v in [0u32, row * h, 2835, 2835, 0, 0] {
+        b.extend_from_slice(&v.to_le_bytes());
+    }
+    for _ in 0..h {
+        let mut line: Vec<u8> = (0..w).flat_map(|_| [rgb[2], rgb[1], rgb[0]]).collect();
+        line.resize(row as usize, 0);
+        b.extend_from_slice(&line);
+    }
+    b
+}
+
 struct Display {
     xvfb: std::process::Child,
     name: String,
@@ -1096,18 +1141,19 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
     let display = Display::start();
     let project = tempfile::tempdir().unwrap();
     let p = project.path().to_str().unwrap();
-    let stub = project.path().join("browser.sh");
-    let opened = project.path().join("opened.txt");
-    std::fs::write(&stub, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
-    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (stub, opened) = stub_browser(project.path());
     // Bigger than one clipboard chunk (512 KiB) to the guest.
     let png: Vec<u8> = (0..700_000u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
-    let want_png = {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("x"), &png).unwrap();
-        text(&std::process::Command::new("sha256sum").arg(dir.path().join("x")).output().unwrap().stdout)[..16]
-            .to_string()
-    };
+    let want_png = sha16(&png);
+    // Offered as BMP only: converted to PNG on the host.
+    let bmp = bmp(5, 3, [10, 200, 30]);
+    let want_bmp_png = sha16(&faize_host::clipboard::to_png(&bmp).unwrap());
+    // A slow clipboard owner (each read takes a second; a PNG takes two reads): the key must not
+    // wait for it (content first would show the key and the PNG well under 1.5 s apart), and
+    // the guest's tools must wait for the content rather than serve the previous one.
+    let slow_xclip = project.path().join("slow-xclip");
+    std::fs::write(&slow_xclip, "#!/bin/sh\nsleep 1\nexec xclip \"$@\"\n").unwrap();
+    std::fs::set_permissions(&slow_xclip, std::fs::Permissions::from_mode(0o755)).unwrap();
     display.set("image/png", &png);
 
     // Each step waits for one raw key (the Ctrl+V itself, which must reach the program); the
@@ -1122,6 +1168,8 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
         key ready-2
         echo "text=$(xclip -selection clipboard -o)/$(xsel -b -o)/$(wl-paste)"
         key ready-3
+        echo "bmp=$(xclip -selection clipboard -t TARGETS -o | tr '\n' ,)$(xclip -selection clipboard -t image/png -o | sha256sum | cut -c1-16)"
+        key ready-4
         xclip -selection clipboard -t TARGETS -o >/dev/null 2>&1; echo "empty-rc=$?"
         wl-paste >/dev/null 2>&1; echo "wl-empty-rc=$?"
         echo guest-copy | xclip -selection clipboard -i; echo "copy-rc=$?"
@@ -1133,14 +1181,25 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
     let mut t = Terminal::start_with(
         &env,
         &["start", "--cpus", "1", "-p", p, "--", "bash", "-c", script],
-        &[("DISPLAY", &display.name), ("FAIZE_BROWSER", stub_s)],
+        &[("DISPLAY", &display.name), ("FAIZE_BROWSER", stub_s), ("FAIZE_XCLIP", slow_xclip.to_str().unwrap())],
     );
     t.wait_for("ready-1", Duration::from_secs(120));
     t.type_("\x16");
+    t.wait_for("key=16", Duration::from_secs(30));
+    let key_seen = Instant::now();
+    t.wait_for("png=", Duration::from_secs(60));
+    assert!(
+        key_seen.elapsed() >= Duration::from_millis(1500),
+        "the key reached the program before the (slow) clipboard, and xclip waited for it: {:?}",
+        key_seen.elapsed()
+    );
     t.wait_for("ready-2", Duration::from_secs(60));
     display.set("UTF8_STRING", "hello from the host".as_bytes());
     t.type_("\x16");
     t.wait_for("ready-3", Duration::from_secs(60));
+    display.set("image/bmp", &bmp);
+    t.type_("\x16");
+    t.wait_for("ready-4", Duration::from_secs(60));
     display.set("UTF8_STRING", b"");
     t.type_("\x16");
     t.wait_for("all-done", Duration::from_secs(60));
@@ -1153,6 +1212,7 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
         "wl-types=image/png,".to_string(),
         "absent-type-rc=1".to_string(),
         "text=hello from the host/hello from the host/hello from the host".to_string(),
+        format!("bmp=TARGETS,image/png,{want_bmp_png}"),
         "empty-rc=1".to_string(),
         "wl-empty-rc=1".to_string(),
         "copy-rc=0".to_string(),
@@ -1163,7 +1223,7 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
     ] {
         assert!(screen.contains(&want), "expected {want:?}:\n{screen}");
     }
-    assert_eq!(screen.matches("key=16").count(), 3, "{screen}");
+    assert_eq!(screen.matches("key=16").count(), 4, "{screen}");
     // Only the allowed URL reached the browser; the guest's copy did not reach the host.
     let start = Instant::now();
     while !opened.exists() && start.elapsed() < Duration::from_secs(5) {
@@ -1171,8 +1231,7 @@ fn ctrl_v_hands_the_guest_the_host_clipboard_and_urls_go_through_the_host() {
     }
     assert_eq!(std::fs::read_to_string(&opened).unwrap(), "https://claude.ai/oauth/authorize?code=1\n");
     assert!(!display.get().contains("guest-copy"), "copy_to_host is off by default");
-    let id = ps(&env)[0]["id"].as_str().unwrap().to_string();
-    let log = std::fs::read_to_string(env.home.path().join("sessions").join(&id).join("requests.jsonl")).unwrap();
+    let log = requests_log(&env);
     assert!(log.contains("\"decision\":\"shown\"") && log.contains("\"decision\":\"opened\""), "{log}");
     assert!(log.contains("\"event\":\"copy\""), "{log}");
 
@@ -1208,13 +1267,13 @@ fn a_login_callback_reaches_the_guest_once_and_only_in_time() {
     let env = Env::new();
     let project = tempfile::tempdir().unwrap();
     let p = project.path().to_str().unwrap();
-    let stub = project.path().join("browser.sh");
-    let opened = project.path().join("opened.txt");
-    std::fs::write(&stub, format!("#!/bin/sh\necho \"$1\" >> '{}'\n", opened.display())).unwrap();
-    std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (stub, opened) = stub_browser(project.path());
     // A port free on the host; the guest's login program listens on the same one inside.
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A port some host program already uses: that login's callback cannot be awaited.
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_port = busy.local_addr().unwrap().port();
     let script = format!(
         r#"
         python3 -c '
@@ -1231,6 +1290,7 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
 ' &
         until (exec 3<>/dev/tcp/127.0.0.1/{port}) 2>/dev/null; do sleep 0.1; done
         xdg-open 'https://evil.example/login?redirect_uri=http%3A%2F%2Flocalhost%3A{other}%2Fcallback'
+        xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{busy_port}%2Fcallback&state=busy'
         xdg-open 'https://claude.ai/oauth/authorize?code=true&redirect_uri=http%3A%2F%2Flocalhost%3A{port}%2Fcallback&state=one'
         echo flow-1
         while [ ! -e flow-2 ]; do sleep 0.2; done
@@ -1268,13 +1328,17 @@ http.server.HTTPServer(("127.0.0.1", {port}), H).serve_forever()
     assert_eq!(t.wait_exit(Duration::from_secs(60)), 0, "{}", t.screen());
 
     let urls = std::fs::read_to_string(&opened).unwrap();
-    assert_eq!(urls.lines().count(), 3, "only the three claude.ai logins were opened: {urls}");
-    let id = ps(&env)[0]["id"].as_str().unwrap().to_string();
-    let log = std::fs::read_to_string(env.home.path().join("sessions").join(&id).join("requests.jsonl")).unwrap();
+    assert_eq!(urls.lines().count(), 4, "only the four claude.ai logins were opened: {urls}");
+    let busy_notice =
+        format!("the login's callback will not reach the VM: cannot listen on the host's 127.0.0.1:{busy_port}");
+    assert!(t.screen().contains(&busy_notice), "a port in use is reported: {}", t.screen());
+    drop(busy);
+    let log = requests_log(&env);
     for want in [
         "\"decision\":\"listening\"",
         "\"decision\":\"passed to the guest\"",
         "a newer login replaced it",
+        "\"decision\":\"not awaited\"",
         "no callback within 5 s",
     ] {
         assert!(log.contains(want), "expected {want} in the requests log:\n{log}");
